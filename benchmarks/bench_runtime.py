@@ -1,0 +1,251 @@
+"""PyTorch eager fp32 vs ``fusionrt.runtime.Session`` on onnxruntime fp32, on the same inputs, in one run.
+
+    .venv/bin/python benchmarks/bench_runtime.py [--checkpoint DIR] [--runs 100] [--warmup 20] [--threads 2]
+
+Measures the shipped model at B=1,T=16,M=8 and B=8,T=32,M=8 and the ``base`` preset at random
+weights: median latency of torch eager, of the Session, and of a bare ``InferenceSession.run`` on
+the same ORT session (the Session's own overhead). The three are timed round-robin, one call each
+per round, so a change in machine load hits all of them alike. Also measured on the shipped model:
+which exporter (legacy / dynamo) and which ORT graph-optimization level give the faster graph.
+Writes benchmarks/RESULTS.md (and a PNG plot with --plot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fusionrt.data.tokenizer import train_tokenizer
+from fusionrt.export import export_checkpoint, export_onnx
+from fusionrt.io import atomic_write_bytes
+from fusionrt.model import SHIPPED_CHECKPOINT, FusionModel, count_parameters, load_checkpoint, preset
+from fusionrt.parity import fusion_feed
+from fusionrt.runtime import Session
+
+SHAPES = ((1, 16, 8), (8, 32, 8))
+SETTLE_SECONDS = 0.05  # lets the previous engine's spinning worker threads go to sleep
+NAMES = ("input_ids", "text_mask", "visual_feats", "visual_mask")
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def timed(fn, feed) -> float:
+    start = time.perf_counter_ns()
+    fn(feed)
+    return (time.perf_counter_ns() - start) / 1e6
+
+
+def measure(candidates: dict[str, object], feed: dict[str, np.ndarray], runs: int, warmup: int) -> dict[str, float]:
+    """Median milliseconds of ``runs`` calls per candidate, after ``warmup`` calls each.
+
+    Calls are timed in blocks of consecutive calls, the candidates taking turns block by block in
+    a rotating order, with a pause between blocks. Alternating single calls would be unfair on two
+    cores: torch's OpenMP workers and ORT's intra-op pool keep spinning for a while after a call
+    and slow down whichever engine runs next (measured: +50% on the second engine).
+    """
+    names = list(candidates)
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn(feed)
+    blocks = max(5, runs // 10)
+    per_block = -(-runs // blocks)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for block in range(blocks):
+        for name in names[block % len(names):] + names[: block % len(names)]:
+            time.sleep(SETTLE_SECONDS)
+            candidates[name](feed)  # wakes this engine's threads; not timed
+            times[name].extend(timed(candidates[name], feed) for _ in range(per_block))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def torch_call(module):
+    def call(feed):
+        with torch.inference_mode():
+            return module(*(torch.from_numpy(feed[n]) for n in NAMES))
+    return call
+
+
+def bare_call(session: Session):
+    ort_session = session.runner.session
+    names = [t.name for t in session.outputs]
+
+    def call(feed):
+        return ort_session.run(names, feed)
+    return call
+
+
+def full_feed(session: Session, batch: int, text: int, visual: int) -> dict[str, np.ndarray]:
+    """Real-looking batch: every row padded differently, no fully masked row (those are the grid's job)."""
+    feed = fusion_feed(session.runner.graph, batch, text, visual, np.random.default_rng(batch * 1000 + text))
+    feed["text_mask"][:, 0] = feed["visual_mask"][:, 0] = True
+    return feed
+
+
+def compare(label: str, module, bundle: Path, threads: int, runs: int, warmup: int) -> list[dict]:
+    session = Session(bundle, threads=threads)
+    rows = []
+    for batch, text, visual in SHAPES:
+        log(f"  {label}: B={batch} T={text} M={visual}: {warmup} warm-up + {runs} timed calls per engine")
+        feed = full_feed(session, batch, text, visual)
+        medians = measure({"torch": torch_call(module), "session": session.run, "bare": bare_call(session)},
+                          feed, runs, warmup)
+        rows.append({"model": label, "shape": (batch, text, visual), **medians})
+        log(f"    torch {medians['torch']:.3f} ms, session {medians['session']:.3f} ms, "
+            f"bare ORT {medians['bare']:.3f} ms: speed-up {medians['torch'] / medians['session']:.2f}x, "
+            f"session overhead {100 * (medians['session'] / medians['bare'] - 1):+.1f}%")
+    return rows
+
+
+def variants(checkpoint_dir: Path, work: Path, threads: int, runs: int, warmup: int) -> list[dict]:
+    """ORT latency of the shipped model's graph per exporter / opset and per ORT optimization level."""
+    model = load_checkpoint(checkpoint_dir).fusion
+    config = model.config
+    sizes = {"vocab_size": config.vocab_size, "visual_dim": config.visual_dim, "max_text_len": config.max_text_len,
+             "max_visual_len": config.max_visual_len}
+    bundles = {}
+    for exporter, opset in (("legacy", 17), ("legacy", 18), ("dynamo", 18)):
+        log(f"  exporting the shipped fusion model with the {exporter} exporter at opset {opset}")
+        bundles[(exporter, opset)] = export_onnx(model, work / f"{exporter}{opset}", exporter=exporter, opset=opset,
+                                                 **sizes)
+    rows = []
+    for batch, text, visual in SHAPES:
+        cases = {f"{e} opset {o}, ORT all": Session(b, threads=threads) for (e, o), b in bundles.items()}
+        for level in ("basic", "extended"):
+            cases[f"legacy opset 17, ORT {level}"] = Session(bundles[("legacy", 17)], threads=threads,
+                                                              optimization=level)
+        feed = full_feed(next(iter(cases.values())), batch, text, visual)
+        log(f"  variants at B={batch} T={text} M={visual}: {len(cases)} graphs taking turns")
+        medians = measure({name: bare_call(s) for name, s in cases.items()}, feed, runs, warmup)
+        for name, ms in medians.items():
+            rows.append({"variant": name, "shape": (batch, text, visual), "ms": ms,
+                         "nodes": len(_onnx_nodes(cases[name]))})
+            log(f"    {name}: {ms:.3f} ms")
+    return rows
+
+
+def _onnx_nodes(session: Session) -> list:
+    import onnx
+
+    return list(onnx.load(str(session.bundle.graph_path(session.graph, session.precision))).graph.node)
+
+
+def environment(threads: int) -> list[str]:
+    import onnx
+    import onnxruntime
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else "?"
+    return [f"- CPU: {cpu}, {os.cpu_count()} logical cores; {threads} threads for torch and for ORT (intra-op)",
+            f"- torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, onnx {onnx.__version__}, "
+            f"numpy {np.__version__}, Python {platform.python_version()}"]
+
+
+def write_results(path: Path, command: str, env: list[str], rows: list[dict], variant_rows: list[dict],
+                  params: dict[str, int], runs: int, warmup: int) -> None:
+    lines = ["# Runtime benchmark", "", "Measured by:", "", "```", command, "```", "", *env,
+             f"- median of {runs} timed calls per engine after {warmup} warm-up calls, on the same inputs in one "
+             "process; engines take turns in blocks of consecutive calls (see `measure` in the script)",
+             "- shapes: B (batch), T (text tokens), M (visual regions); rows padded differently, no fully "
+             "masked row", "",
+             "## PyTorch eager fp32 vs Session(onnxruntime) fp32", "",
+             "| model | params | B/T/M | torch eager (ms) | Session ORT (ms) | speed-up | bare ORT run (ms) "
+             "| Session overhead |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {params[r['model']] / 1e6:.2f} M | {'/'.join(map(str, r['shape']))} | "
+                     f"{r['torch']:.3f} | {r['session']:.3f} | {r['torch'] / r['session']:.2f}x | "
+                     f"{r['bare']:.3f} | {100 * (r['session'] / r['bare'] - 1):+.1f}% |")
+    if variant_rows:
+        lines += ["", "## Exporter and ORT optimization level (shipped model, bare ORT run)", "",
+                  "| graph | nodes | B/T/M | ORT (ms) | vs legacy opset 17, ORT all |", "|---|---|---|---|---|"]
+        base = {r["shape"]: r["ms"] for r in variant_rows if r["variant"] == "legacy opset 17, ORT all"}
+        for r in variant_rows:
+            lines.append(f"| {r['variant']} | {r['nodes']} | {'/'.join(map(str, r['shape']))} | {r['ms']:.3f} | "
+                         f"{r['ms'] / base[r['shape']]:.2f}x |")
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+
+
+def plot(path: Path, rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['model']}\n{'/'.join(map(str, r['shape']))}" for r in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for offset, key, name in ((-0.27, "torch", "torch eager"), (0, "session", "Session (ORT)"),
+                              (0.27, "bare", "bare ORT run")):
+        ax.bar(x + offset, [r[key] for r in rows], 0.27, label=name)
+    ax.set_xticks(x, labels)
+    ax.set_ylabel("median latency (ms)")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    with tempfile.NamedTemporaryFile(suffix=".png", dir=path.parent, delete=False) as tmp:
+        fig.savefig(tmp.name, dpi=120)
+    os.replace(tmp.name, path)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, default=SHIPPED_CHECKPOINT)
+    parser.add_argument("--runs", type=int, default=100, help="timed calls per engine and shape (at least 50)")
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-base", action="store_true", help="skip the base preset")
+    parser.add_argument("--no-variants", action="store_true", help="skip the exporter / ORT level comparison")
+    parser.add_argument("--results", type=Path, default=Path(__file__).parent / "RESULTS.md")
+    parser.add_argument("--plot", type=Path, default=None, help="also write a PNG bar chart")
+    args = parser.parse_args()
+    if args.runs < 50:
+        parser.error("--runs: at least 50")
+    torch.set_num_threads(args.threads)
+    command = "$ " + " ".join([".venv/bin/python", *sys.argv])
+    load_before = os.getloadavg()[0]
+    if load_before > 0.5:
+        log(f"warning: 1-minute load average is {load_before:.2f}; other work on the machine skews the timings")
+    rows, variant_rows, params = [], [], {}
+    with tempfile.TemporaryDirectory(prefix="fusionrt-bench-") as tmp:
+        work = Path(tmp)
+        log(f"exporting {args.checkpoint}")
+        shipped = export_checkpoint(args.checkpoint, work / "shipped")
+        model = load_checkpoint(args.checkpoint).fusion
+        params["shipped small"] = count_parameters(model)
+        rows += compare("shipped small", model, shipped, args.threads, args.runs, args.warmup)
+        if not args.no_base:
+            torch.manual_seed(0)
+            config = preset("base", vocab_size=train_tokenizer().get_vocab_size(), visual_dim=69, num_answers=22)
+            base = FusionModel(config).eval()
+            params["base (random)"] = count_parameters(base)
+            log("exporting the base preset at random weights")
+            bundle = export_onnx(base, work / "base", vocab_size=config.vocab_size, visual_dim=69,
+                                 max_text_len=config.max_text_len, max_visual_len=config.max_visual_len)
+            rows += compare("base (random)", base, bundle, args.threads, args.runs, args.warmup)
+        if not args.no_variants:
+            variant_rows = variants(args.checkpoint, work, args.threads, args.runs, args.warmup)
+    env = [*environment(args.threads),
+           f"- 1-minute load average before / after the run: {load_before:.2f} / {os.getloadavg()[0]:.2f} "
+           "(the benchmark itself adds up to ~2)"]
+    write_results(args.results, command, env, rows, variant_rows, params, args.runs, args.warmup)
+    log(f"wrote {args.results}")
+    if args.plot is not None:
+        plot(args.plot, rows)
+        log(f"wrote {args.plot}")
+    print(args.results.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from fusionrt.cli import main
+
+sys.exit(main())

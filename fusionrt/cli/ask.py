@@ -1,0 +1,50 @@
+"""``fusionrt ask IMAGE "QUESTION"``: print the answer and its probability."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from fusionrt.runtime.session import BACKENDS
+
+    parser = subparsers.add_parser("ask", help="answer a question about a scene image")
+    parser.add_argument("image", help="128x128 RGB image file")
+    parser.add_argument("question", help='e.g. "How many red objects are there?"')
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the shipped model)")
+    source.add_argument("--bundle", default=None, help="bundle directory written by `fusionrt export`")
+    parser.add_argument("--backend", default=None, choices=sorted(BACKENDS),
+                        help="runtime backend for --bundle (default onnxruntime, which does not need torch)")
+    parser.add_argument("--precision", default="fp32",
+                        help="for --bundle: fp32 (default), fp16, int8 or int8-cpu as the bundle lists them")
+    parser.add_argument("--top", type=int, default=1, help="also print the next most probable answers")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fusionrt.app import Answerer
+
+    if args.bundle is not None:
+        from fusionrt.runtime.bundle import is_bundle
+
+        if not is_bundle(args.bundle):
+            from fusionrt.runtime import Bundle
+
+            Bundle.open(args.bundle)  # raises BundleError saying what is missing
+        answerer = Answerer(args.bundle, backend=args.backend or "onnxruntime", precision=args.precision)
+    else:
+        if args.backend is not None:
+            print("fusionrt ask: note: --backend applies to --bundle; a checkpoint runs on torch", file=sys.stderr)
+        answerer = Answerer(args.checkpoint, precision=args.precision)
+    probs = answerer.probabilities(args.image, args.question)
+    ranked = sorted(probs.items(), key=lambda item: -item[1])[: max(1, args.top)]
+    if args.json:
+        print(json.dumps({"answer": ranked[0][0], "probability": ranked[0][1], "top": dict(ranked)}))
+    else:
+        for answer, probability in ranked:
+            print(f"{answer}\t{probability:.4f}")
+    return 0

@@ -1,0 +1,47 @@
+"""``fusionrt export [--checkpoint DIR] --out BUNDLE``: export and verify a checkpoint as an ONNX bundle."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export", help="export a checkpoint to a verified ONNX bundle (needs torch, onnx, onnxruntime)")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the shipped model)")
+    parser.add_argument("--out", required=True, help="bundle directory to write (replaced if it is a bundle)")
+    parser.add_argument("--max-batch", type=int, default=64, help="largest batch the graphs accept (default 64)")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    parser.add_argument("--exporter", default="auto", choices=("auto", "legacy", "dynamo"),
+                        help="torch.onnx exporter; auto tries the faster (legacy) first, then dynamo")
+    parser.add_argument("--atol", type=float, default=1e-4,
+                        help="largest ONNX Runtime vs PyTorch abs error allowed on the grid (default 1e-4)")
+    parser.add_argument("--json", action="store_true", help="print the manifest's verification section as JSON")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fusionrt.export import export_checkpoint
+    from fusionrt.runtime import Bundle
+
+    def progress(text: str) -> None:
+        print(f"  {text}", file=sys.stderr, flush=True)
+
+    path = export_checkpoint(args.checkpoint, args.out, max_batch=args.max_batch, opset=args.opset,
+                             exporter=args.exporter, atol=args.atol, progress=progress)
+    manifest = Bundle.open(path).manifest
+    verification = manifest["verification"]
+    if args.json:
+        print(json.dumps({"bundle": str(path), "exporter": manifest["exporter"], "opset": manifest["opset"],
+                          "verification": verification}, indent=2))
+        return 0
+    print(f"wrote {path} ({manifest['exporter']} exporter, opset {manifest['opset']}, "
+          f"{verification['export_seconds']} s)")
+    for name, entry in manifest["files"].items():
+        print(f"  {name:<22} {entry['bytes']:>10} bytes  sha256 {entry['sha256'][:16]}")
+    for graph, result in verification["graphs"].items():
+        worst = ", ".join(f"{out} max abs {m['max_abs']:.2g}" for out, m in result["worst"].items())
+        print(f"verified {graph} on {result['points']} shapes: {worst} (tolerance {args.atol:g})")
+    return 0

@@ -1,0 +1,1 @@
+"""Scene world, detector and tokenizer. Torch-free: the serving path imports it."""

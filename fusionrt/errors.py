@@ -1,0 +1,33 @@
+"""Typed errors. Every message names the input, what was expected and what was received."""
+
+from __future__ import annotations
+
+
+class FusionrtError(Exception):
+    """Base class of every error fusionrt raises on purpose."""
+
+
+class InputError(FusionrtError, ValueError):
+    """An input (array, image, question, file) does not meet its contract."""
+
+    def __init__(self, name: str, expected: str, received: str) -> None:
+        self.name = name
+        self.expected = expected
+        self.received = received
+        super().__init__(f"{name}: expected {expected}, received {received}")
+
+
+class ImageError(InputError):
+    """The image cannot be read or is not a 128x128 RGB scene."""
+
+
+class QuestionError(InputError):
+    """The question is empty, too long, or uses words the tokenizer does not know."""
+
+
+class NoObjectsError(InputError):
+    """The detector found no object in the image, so no question about it can be answered."""
+
+
+class CheckpointError(FusionrtError):
+    """A checkpoint directory is missing files, has a bad config, or has mismatched weights."""

@@ -1,0 +1,286 @@
+"""``export_onnx`` (any fusion module) and ``export_checkpoint`` (our model and its region encoder).
+
+An export is: probe the module's forward contract, export each graph, check it structurally, write
+the manifest, run the bundle through :class:`fusionrt.runtime.Session` on onnxruntime against the
+torch module over a grid of shapes, and only if every point is within tolerance publish the bundle.
+"""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import fusionrt
+from fusionrt.export.checks import check_graph
+from fusionrt.export.contract import (
+    FUSION,
+    FUSION_INPUTS,
+    REGION_ENCODER,
+    example_size,
+    fusion_spec,
+    region_encoder_spec,
+)
+from fusionrt.export.errors import ExportError, VerificationError
+from fusionrt.export.exporters import DEFAULT_EXPORTER, EXPORTERS, export_graph
+from fusionrt.export.source import checkpoint_files_sha256, weights_sha256
+from fusionrt.export.writer import BundleWriter
+from fusionrt.parity.compare import Tolerance, compare_grid
+from fusionrt.parity.grid import grid_points
+from fusionrt.runtime.bundle import BUNDLE_FORMAT, SCHEMA_VERSION, Bundle, graph_filename
+from fusionrt.runtime.session import Session
+from fusionrt.runtime.spec import GraphSpec
+
+Progress = Callable[[str], None]
+FUSION_CONTRACT = ("forward(input_ids int64 [B,T], text_mask bool [B,T], visual_feats float32 [B,M,Dv], "
+                   "visual_mask bool [B,M]) -> (hidden float32 [B,T,H], logits float32 [B,A])")
+
+
+@dataclass
+class _Graph:
+    spec: GraphSpec
+    module: Any
+    example: tuple[Any, ...]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _positive(**values: Any) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ExportError(name, "a positive integer", repr(value))
+
+
+def _fusion_graph(model: Any, *, vocab_size: int, visual_dim: int, max_text_len: int, max_visual_len: int,
+                  max_batch: int) -> _Graph:
+    """Run the module once on example inputs to learn H and A and to check its forward contract."""
+    import torch
+
+    batch = example_size(2, max_batch, ())
+    text_len = example_size(5, max_text_len, (batch,))
+    visual_len = example_size(3, max_visual_len, (batch, text_len, visual_dim))
+    rng = np.random.default_rng(0)
+    text_mask = np.ones((batch, text_len), dtype=bool)
+    visual_mask = np.ones((batch, visual_len), dtype=bool)
+    text_mask[1:, text_len - 1:] = visual_mask[1:, visual_len - 1:] = False  # padding, but no empty row
+    example = (
+        torch.from_numpy(np.where(text_mask, rng.integers(0, vocab_size, (batch, text_len)), 0)),
+        torch.from_numpy(text_mask),
+        torch.from_numpy(rng.standard_normal((batch, visual_len, visual_dim)).astype(np.float32)),
+        torch.from_numpy(visual_mask),
+    )
+    try:
+        with torch.no_grad():
+            outputs = model(*example)
+    except Exception as exc:
+        raise ExportError("model", FUSION_CONTRACT, f"a forward that raised {type(exc).__name__}: {exc}") from exc
+    received = (type(outputs).__name__ if not isinstance(outputs, tuple | list) else
+                "(" + ", ".join(f"{getattr(o, 'dtype', type(o).__name__)} {list(getattr(o, 'shape', []))}"
+                                for o in outputs) + ")")
+    if not (isinstance(outputs, tuple | list) and len(outputs) == 2
+            and all(isinstance(o, torch.Tensor) and o.dtype == torch.float32 for o in outputs)):
+        raise ExportError("model", FUSION_CONTRACT, f"outputs {received} at B={batch}, T={text_len}, M={visual_len}")
+    hidden, logits = outputs
+    if hidden.ndim != 3 or tuple(hidden.shape[:2]) != (batch, text_len) or logits.ndim != 2 \
+            or logits.shape[0] != batch:
+        raise ExportError("model", FUSION_CONTRACT, f"outputs {received} at B={batch}, T={text_len}, M={visual_len}")
+    spec = fusion_spec(vocab_size=vocab_size, visual_dim=visual_dim, hidden=int(hidden.shape[2]),
+                       num_answers=int(logits.shape[1]), max_text_len=max_text_len, max_visual_len=max_visual_len,
+                       max_batch=max_batch)
+    return _Graph(spec, model, example)
+
+
+def _region_graph(encoder: Any, *, max_regions: int, opt_regions: int) -> _Graph:
+    import torch
+
+    from fusionrt.model.region_encoder import CROP_SIZE, GEOMETRY_DIM
+
+    spec = region_encoder_spec(crop_size=CROP_SIZE, geometry_dim=GEOMETRY_DIM,
+                               feature_dim=encoder.config.feature_dim, max_regions=max_regions,
+                               opt_regions=opt_regions)
+    count = example_size(6, max_regions, (3, CROP_SIZE, GEOMETRY_DIM, encoder.config.feature_dim))
+    generator = torch.Generator().manual_seed(0)
+    example = (torch.rand(count, 3, CROP_SIZE, CROP_SIZE, generator=generator),
+               torch.rand(count, GEOMETRY_DIM, generator=generator))
+    return _Graph(spec, encoder, example)
+
+
+def _versions(exporter: str) -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torch
+
+    versions = {"fusionrt": fusionrt.__version__, "python": platform.python_version(), "numpy": np.__version__,
+                "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    if exporter == "dynamo":
+        import onnxscript
+
+        versions["onnxscript"] = onnxscript.__version__
+    return versions
+
+
+def _verify(staging: Path, graphs: list[_Graph], tolerance: Tolerance, progress: Progress | None) -> dict[str, Any]:
+    """ONNX Runtime (through the runtime Session, as deployed) vs the torch module on each graph's grid."""
+    bundle = Bundle.open(staging)
+    summary, failures, reports = {}, [], []
+    for graph in graphs:
+        reference = Session(bundle, "torch", graph.spec.name, module=graph.module)
+        candidate = Session(bundle, "onnxruntime", graph.spec.name)
+        result = compare_grid(graph.spec.name, reference, candidate, grid_points(graph.spec),
+                              (lambda text: progress(f"verify {text}")) if progress else None)
+        reports.append(result)
+        failures += result.failures(tolerance)
+        summary[graph.spec.name] = {"points": len(result.points), "worst": result.summary()}
+    if failures:
+        raise VerificationError(
+            "export verification",
+            f"ONNX Runtime within max abs {tolerance.max_abs:g} of PyTorch at every grid point", failures, reports,
+        )
+    return summary
+
+
+def _attempt(out_dir: Path, graphs: list[_Graph], files: dict[str, bytes], manifest: dict[str, Any], opset: int,
+             exporter: str, tolerance: Tolerance, progress: Progress | None) -> Path:
+    started = time.perf_counter()
+    with BundleWriter(out_dir) as writer:
+        for graph in graphs:
+            if progress:
+                progress(f"exporting {graph.spec.name} ({exporter} exporter, opset {opset})")
+            path = writer.path / graph_filename(graph.spec.name)
+            warnings = export_graph(graph.module, graph.example, graph.spec, path, opset=opset, exporter=exporter)
+            graph.info = {**check_graph(path, graph.spec, opset), "exporter_warnings": warnings}
+        for name, data in files.items():
+            writer.write_bytes(name, data)
+        opsets = {g.info["opset"] for g in graphs}
+        manifest = {
+            "format": BUNDLE_FORMAT, "schema_version": SCHEMA_VERSION,
+            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            **manifest,
+            "opset": opsets.pop() if len(opsets) == 1 else sorted(opsets),
+            "exporter": exporter,
+            "graphs": {g.spec.name: {**g.spec.to_dict(), **{k: g.info[k] for k in ("opset", "nodes")}}
+                       for g in graphs},
+            "versions": _versions(exporter),
+        }
+        writer.write_manifest(manifest)
+        verification = _verify(writer.path, graphs, tolerance, progress)
+        writer.write_manifest({**manifest, "verification": {
+            "reference": "torch", "candidate": "onnxruntime", "tolerance": {"max_abs": tolerance.max_abs},
+            "graphs": verification, "export_seconds": round(time.perf_counter() - started, 1),
+            "exporter_warnings": {g.spec.name: g.info["exporter_warnings"] for g in graphs},
+        }})
+        return writer.publish()
+
+
+def _export(out_dir: str | Path, graphs: list[_Graph], files: dict[str, bytes], manifest: dict[str, Any],
+            opset: int, exporter: str, atol: float, progress: Progress | None) -> Path:
+    if exporter not in (*EXPORTERS, "auto"):
+        raise ExportError("exporter", f"one of {[*EXPORTERS, 'auto']}", repr(exporter))
+    _positive(opset=opset)
+    order = [DEFAULT_EXPORTER, *(e for e in EXPORTERS if e != DEFAULT_EXPORTER)] if exporter == "auto" else [exporter]
+    # max_abs is the contract's gate; cosine is implied by it at fp32 and not gated here.
+    tolerance = Tolerance(max_abs=atol, min_cosine=-1.0)
+    errors: list[tuple[str, ExportError]] = []
+    for name in order:
+        try:
+            return _attempt(Path(out_dir), graphs, files, manifest, opset, name, tolerance, progress)
+        except VerificationError as exc:
+            errors.append((name, exc))
+        except ExportError as exc:
+            if exc.name == "out_dir":
+                raise
+            errors.append((name, exc))
+        if progress and name != order[-1]:
+            progress(f"{name} exporter failed ({errors[-1][1]}); trying the next exporter")
+    if len(errors) == 1:
+        raise errors[0][1]
+    failures = [f"{name} exporter: {exc}" for name, exc in errors]
+    raise VerificationError("export", "one exporter whose graph passes every check", failures,
+                            [getattr(exc, "report", None) for _, exc in errors])
+
+
+def export_onnx(model: Any, out_dir: str | Path, *, vocab_size: int, visual_dim: int, max_text_len: int,
+                max_visual_len: int, max_batch: int = 64, opset: int = 17, exporter: str = "auto",
+                atol: float = 1e-4, progress: Progress | None = None) -> Path:
+    """Export any fusion module to a verified bundle at ``out_dir``; return its path.
+
+    ``model``: a ``torch.nn.Module`` with ``forward(input_ids int64 [B,T], text_mask bool [B,T],
+    visual_feats float32 [B,M,visual_dim], visual_mask bool [B,M]) -> (hidden float32 [B,T,H],
+    logits float32 [B,A])``; ``vocab_size`` bounds the token ids, ``max_*`` the dynamic dims.
+    ``exporter``: ``"legacy"``, ``"dynamo"`` or ``"auto"`` (the measured faster one first, the other
+    if it fails). Raises :class:`ExportError` for an unusable module or target and
+    :class:`VerificationError` (with the failing grid points) when ONNX Runtime and PyTorch differ by
+    more than ``atol`` on ``hidden`` or ``logits``; nothing is written then.
+    """
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise ExportError("model", "a torch.nn.Module", type(model).__name__)
+    _positive(vocab_size=vocab_size, visual_dim=visual_dim, max_text_len=max_text_len,
+              max_visual_len=max_visual_len, max_batch=max_batch)
+    model.eval()
+    graph = _fusion_graph(model, vocab_size=vocab_size, visual_dim=visual_dim, max_text_len=max_text_len,
+                          max_visual_len=max_visual_len, max_batch=max_batch)
+    config = getattr(model, "config", None)
+    manifest = {
+        "model": {
+            "class": f"{type(model).__module__}.{type(model).__qualname__}",
+            "vocab_size": vocab_size, "visual_dim": visual_dim, "max_text_len": max_text_len,
+            "max_visual_len": max_visual_len, "max_batch": max_batch,
+            "hidden": graph.spec.outputs[0].shape[2], "num_answers": graph.spec.outputs[1].shape[1],
+            "config": config.to_dict() if hasattr(config, "to_dict") else None,
+        },
+        "source": {"kind": "module", "class": f"{type(model).__module__}.{type(model).__qualname__}",
+                   "weights_sha256": {FUSION: weights_sha256(model)}},
+    }
+    return _export(out_dir, [graph], {}, manifest, opset, exporter, atol, progress)
+
+
+def export_checkpoint(checkpoint_dir: str | Path | None, out_dir: str | Path, *,
+                      max_batch: int = 64, opset: int = 17, exporter: str = "auto", atol: float = 1e-4,
+                      progress: Progress | None = None) -> Path:
+    """Export a checkpoint (``None``: the shipped one): fusion graph, region-encoder graph with a dynamic
+    number of crops, ``tokenizer.json`` and ``answers.json``, verified as :func:`export_onnx` does."""
+    from fusionrt.model import SHIPPED_CHECKPOINT, load_checkpoint
+
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else SHIPPED_CHECKPOINT
+    _positive(max_batch=max_batch)
+    source_files = checkpoint_files_sha256(checkpoint_dir) if checkpoint_dir.is_dir() else {}
+    checkpoint = load_checkpoint(checkpoint_dir)
+    config = checkpoint.fusion.config
+    feature_dim = checkpoint.region_encoder.config.feature_dim
+    if feature_dim != config.visual_dim:
+        raise ExportError("checkpoint", f"a region encoder of feature width visual_dim={config.visual_dim}",
+                          f"width {feature_dim}")
+    graphs = [
+        _fusion_graph(checkpoint.fusion, vocab_size=config.vocab_size, visual_dim=config.visual_dim,
+                      max_text_len=config.max_text_len, max_visual_len=config.max_visual_len, max_batch=max_batch),
+        _region_graph(checkpoint.region_encoder, max_regions=max_batch * config.max_visual_len,
+                      opt_regions=config.max_visual_len),
+    ]
+    files = {name: (checkpoint_dir / name).read_bytes() for name in ("tokenizer.json", "answers.json")}
+    manifest = {
+        "model": {
+            "class": f"{type(checkpoint.fusion).__module__}.{type(checkpoint.fusion).__qualname__}",
+            "vocab_size": config.vocab_size, "visual_dim": config.visual_dim, "max_text_len": config.max_text_len,
+            "max_visual_len": config.max_visual_len, "max_batch": max_batch, "hidden": config.hidden,
+            "num_answers": config.num_answers, "config": config.to_dict(),
+            "region_encoder": {"cnn_dim": checkpoint.region_encoder.config.cnn_dim,
+                               "channels": checkpoint.region_encoder.config.channels,
+                               "feature_dim": feature_dim},
+        },
+        "source": {
+            "kind": "checkpoint", "path": str(checkpoint_dir.resolve()), "files": source_files,
+            "weights_sha256": {FUSION: weights_sha256(checkpoint.fusion),
+                               REGION_ENCODER: weights_sha256(checkpoint.region_encoder)},
+        },
+    }
+    return _export(out_dir, graphs, files, manifest, opset, exporter, atol, progress)
+
+
+__all__ = ["FUSION_CONTRACT", "FUSION_INPUTS", "export_checkpoint", "export_onnx"]

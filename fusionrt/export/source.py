@@ -1,0 +1,33 @@
+"""Fingerprints of what a bundle was exported from: module weights and checkpoint files."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fusionrt.runtime.bundle import sha256_file
+
+
+def weights_sha256(module: Any) -> str:
+    """sha256 over every state-dict entry (name, dtype, shape, bytes) in name order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{value.dtype}|{list(value.shape)}|".encode())
+        # Bytes through a uint8 view: numpy has no bfloat16, and .numpy() would refuse it.
+        digest.update(value.reshape(-1).view(dtype=torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+# The files that define what a checkpoint computes; metrics and plots may be regenerated freely.
+CHECKPOINT_MODEL_FILES = ("config.json", "fusion.safetensors", "region_encoder.safetensors", "tokenizer.json",
+                          "answers.json")
+
+
+def checkpoint_files_sha256(path: str | Path) -> dict[str, str]:
+    """sha256 of each of a checkpoint's model-defining files that exists."""
+    path = Path(path)
+    return {name: sha256_file(path / name) for name in CHECKPOINT_MODEL_FILES if (path / name).is_file()}

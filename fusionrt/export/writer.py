@@ -1,0 +1,71 @@
+"""Build a bundle in a staging directory, then move it into place in one rename.
+
+Files are written with :mod:`fusionrt.io`'s atomic writes inside a hidden staging directory next to
+the target; ``manifest.json`` is written last. Publishing renames the staging directory onto the
+target (an existing bundle there is moved aside first and removed after), so readers see either
+the old bundle or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fusionrt.export.errors import ExportError
+from fusionrt.io import atomic_write_bytes, atomic_write_json
+from fusionrt.runtime.bundle import MANIFEST, is_bundle, sha256_file
+
+
+def _check_target(target: Path) -> None:
+    # Replacing a bundle is fine; replacing a directory of other files would destroy someone's data.
+    if target.exists() and not (target.is_dir() and (is_bundle(target) or not any(target.iterdir()))):
+        raise ExportError("out_dir", "a new path, an empty directory or an existing bundle to replace",
+                          f"{target}, which holds other files")
+
+
+class BundleWriter:
+    """Context manager: stage files, write the manifest, :meth:`publish`; on error the staging dir is removed."""
+
+    def __init__(self, target: str | Path) -> None:
+        self.target = Path(target).resolve()
+        _check_target(self.target)
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.staging-", dir=self.target.parent))
+
+    def __enter__(self) -> BundleWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        return atomic_write_bytes(self.path / name, data)
+
+    def files(self) -> dict[str, dict[str, Any]]:
+        """Size and sha256 of every staged file but the manifest."""
+        return {f.name: {"sha256": sha256_file(f), "bytes": f.stat().st_size}
+                for f in sorted(self.path.iterdir()) if f.is_file() and f.name != MANIFEST
+                and not f.name.startswith(".")}
+
+    def write_manifest(self, manifest: dict[str, Any]) -> Path:
+        """Write ``manifest.json`` with the ``files`` section computed from what is staged now."""
+        return atomic_write_json(self.path / MANIFEST, {**manifest, "files": self.files()})
+
+    def publish(self) -> Path:
+        """Move the staged bundle to the target and return the target."""
+        _check_target(self.target)
+        old = None
+        if self.target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old-", dir=self.target.parent))
+            os.replace(self.target, old / "bundle")
+        os.replace(self.path, self.target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.target
+
+    def discard(self) -> None:
+        if self.path.exists():
+            shutil.rmtree(self.path, ignore_errors=True)

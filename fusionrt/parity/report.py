@@ -1,0 +1,116 @@
+"""``run_parity``: two backends (or precisions) of one bundle over shape grids and real scenes."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fusionrt.parity.compare import GridResult, Tolerance, compare_grid
+from fusionrt.parity.grid import grid_points
+from fusionrt.parity.scenes import SceneResult, compare_scenes, heldout_questions
+from fusionrt.runtime.bundle import Bundle
+from fusionrt.runtime.session import Session
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as the strings "inf" / "-inf" / "nan": strict JSON has no Infinity."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+@dataclass
+class ParityReport:
+    """Grid results per graph, the scene result (if run), the tolerance and the verdict."""
+
+    bundle: str
+    reference: dict[str, Any]
+    candidate: dict[str, Any]
+    tolerance: Tolerance
+    grids: list[GridResult]
+    scenes: SceneResult | None = None
+
+    @property
+    def failures(self) -> list[str]:
+        out = [f for grid in self.grids for f in grid.failures(self.tolerance)]
+        return out + (self.scenes.failures(self.tolerance) if self.scenes is not None else [])
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bundle": self.bundle, "reference": self.reference, "candidate": self.candidate,
+            "tolerance": dataclasses.asdict(self.tolerance), "passed": self.passed, "failures": self.failures,
+            "grids": [g.to_dict() for g in self.grids],
+            "scenes": self.scenes.to_dict() if self.scenes is not None else None,
+        }
+
+    def table(self) -> str:
+        """A plain-text table: worst metrics per graph and output, then the verdict."""
+        def side(d: dict[str, Any]) -> str:
+            return f"{d['backend']} {d['precision']}"
+
+        rows = [f"parity of {self.bundle}: {side(self.reference)} (reference) vs {side(self.candidate)} (candidate)",
+                f"{'where':<32} {'output':<8} {'max abs':>10} {'max rel':>10} {'mean abs':>10} {'cosine':>10}"]
+        sections = [(f"{g.graph} grid ({len(g.points)} shapes)", g.summary()) for g in self.grids]
+        if self.scenes is not None:
+            sections.append((f"scenes ({self.scenes.questions} questions)", self.scenes.metrics))
+        for where, metrics in sections:
+            for name, m in metrics.items():
+                problem = f"  {m['problem']}" if m["problem"] else ""
+                rows.append(f"{where:<32} {name:<8} {m['max_abs']:>10.3g} {m['max_rel']:>10.3g} "
+                            f"{m['mean_abs']:>10.3g} {m['cosine']:>10.6f}{problem}")
+        if self.scenes is not None:
+            acc = self.scenes.accuracy
+            rows.append(f"argmax agreement {self.scenes.agreement:.4f}; task accuracy reference "
+                        f"{acc['reference']:.4f}, candidate {acc['candidate']:.4f}")
+        tol = self.tolerance
+        rows.append(f"tolerance: max abs <= {tol.max_abs:g}, cosine >= {tol.min_cosine:g}, "
+                    f"agreement >= {tol.min_agreement:g}")
+        failures = self.failures
+        rows.append("PASSED" if not failures else f"FAILED ({len(failures)}):")
+        rows.extend(f"  {f}" for f in failures[:20])
+        if len(failures) > 20:
+            rows.append(f"  ... and {len(failures) - 20} more")
+        return "\n".join(rows)
+
+
+def run_parity(bundle: str | Path | Bundle, reference: str = "torch", candidate: str = "onnxruntime", *,
+               reference_precision: str = "fp32", candidate_precision: str = "fp32", scenes: int = 200,
+               tolerance: Tolerance | None = None, seed: int = 0, reference_options: dict[str, Any] | None = None,
+               candidate_options: dict[str, Any] | None = None,
+               progress: Callable[[str], None] | None = None) -> ParityReport:
+    """Compare ``candidate`` against ``reference`` on every graph's shape grid and on ``scenes`` held-out scenes.
+
+    Scenes need the bundle's region encoder and tokenizer; a bundle of a foreign fusion module is
+    compared on the grid only.
+    """
+    opened = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+    tolerance = tolerance or Tolerance()
+    sides: dict[str, dict[str, Session]] = {"reference": {}, "candidate": {}}
+    for graph in opened.graphs:
+        sides["reference"][graph] = Session(opened, reference, graph, reference_precision, **(reference_options or {}))
+        sides["candidate"][graph] = Session(opened, candidate, graph, candidate_precision, **(candidate_options or {}))
+    grids = [compare_grid(graph, sides["reference"][graph], sides["candidate"][graph],
+                          grid_points(opened.graph(graph), seed=seed), progress)
+             for graph in opened.graphs]
+    scene_result = None
+    if scenes > 0 and "region_encoder" in opened.graphs and "tokenizer.json" in opened.manifest["files"]:
+        if progress is not None:
+            progress(f"building {scenes} held-out scenes")
+        qa = heldout_questions(opened, scenes)
+        batch = min(64, opened.graph("fusion").dims["B"].max)
+        scene_result = compare_scenes(sides["reference"], sides["candidate"], qa,
+                                      int(opened.model["visual_dim"]), batch, progress)
+    return ParityReport(str(opened.path), sides["reference"]["fusion"].describe(),
+                        sides["candidate"]["fusion"].describe(), tolerance, grids, scene_result)

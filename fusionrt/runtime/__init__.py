@@ -1,0 +1,16 @@
+"""Run exported bundles: ``Session(bundle_dir, backend="onnxruntime" | "torch", graph=..., precision=...)``.
+
+Torch-free: only the chosen backend's packages are imported, when a Session is created.
+"""
+
+from fusionrt.errors import InputError
+from fusionrt.runtime.bundle import MANIFEST, SCHEMA_VERSION, Bundle, graph_filename, is_bundle
+from fusionrt.runtime.errors import BackendError, BundleError
+from fusionrt.runtime.runner import Runner
+from fusionrt.runtime.session import BACKENDS, Session, runner_class
+from fusionrt.runtime.spec import DimRange, GraphSpec, TensorSpec
+
+__all__ = [
+    "BACKENDS", "MANIFEST", "SCHEMA_VERSION", "BackendError", "Bundle", "BundleError", "DimRange", "GraphSpec",
+    "InputError", "Runner", "Session", "TensorSpec", "graph_filename", "is_bundle", "runner_class",
+]

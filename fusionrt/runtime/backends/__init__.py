@@ -1,0 +1,1 @@
+"""One module per backend; each defines one :class:`fusionrt.runtime.runner.Runner` subclass."""

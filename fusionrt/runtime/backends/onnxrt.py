@@ -1,0 +1,89 @@
+"""ONNX Runtime backend. Imports onnxruntime lazily and never imports torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fusionrt.runtime.bundle import Bundle
+from fusionrt.runtime.errors import BackendError, BundleError
+from fusionrt.runtime.runner import Runner
+
+OPTIMIZATION_LEVELS = {
+    "disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+# ORT logs which provider it skipped at warning level 2; 3 keeps the console for real errors.
+_LOG_ERRORS_ONLY = 3
+_ORT_TYPES = {"bool": "tensor(bool)", "int32": "tensor(int32)", "int64": "tensor(int64)",
+              "float16": "tensor(float16)", "float32": "tensor(float)"}
+
+
+def import_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise BackendError("backend 'onnxruntime'", "the onnxruntime package (pip install 'fusionrt[onnx]')",
+                           f"ImportError: {exc}") from exc
+    return onnxruntime
+
+
+def default_providers() -> list[str]:
+    """CUDA when this onnxruntime build and machine have it, else CPU. TensorRT is its own backend."""
+    available = import_onnxruntime().get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+def session_from_onnx(path: str | Path, *, providers: list[str] | None = None, threads: int | None = None,
+                      optimization: str = "all") -> Any:
+    """An ``onnxruntime.InferenceSession`` for ``path``; a file ORT cannot load raises :class:`BundleError`."""
+    ort = import_onnxruntime()
+    if optimization not in OPTIMIZATION_LEVELS:
+        raise BackendError("optimization", f"one of {list(OPTIMIZATION_LEVELS)}", repr(optimization))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[optimization])
+    options.log_severity_level = _LOG_ERRORS_ONLY
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers or default_providers())
+    except Exception as exc:  # onnxruntime raises pybind exceptions (InvalidProtobuf, Fail, ...) without a base
+        raise BundleError(Path(path).name, "an ONNX model onnxruntime can load",
+                          f"a file it refuses ({type(exc).__name__}: {str(exc).strip()[:300]})") from exc
+
+
+class OnnxRuntimeRunner(Runner):
+    """Options: ``providers`` (default CUDA if present, then CPU), ``threads`` (intra-op), ``optimization``."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, bundle: Bundle, graph: str = "fusion", precision: str = "fp32", *,
+                 providers: list[str] | None = None, threads: int | None = None, optimization: str = "all") -> None:
+        super().__init__(bundle, graph, precision)
+        self._options = {"providers": providers, "threads": threads, "optimization": optimization}
+        self._path = bundle.graph_path(graph, precision)
+        self._output_names = [t.name for t in self.graph.outputs]
+        self.session: Any = None
+
+    def activate_impl(self) -> None:
+        session = session_from_onnx(self._path, **self._options)
+        declared = {t.name: _ORT_TYPES[t.dtype] for t in (*self.graph.inputs, *self.graph.outputs)}
+        found = {v.name: v.type for v in (*session.get_inputs(), *session.get_outputs())}
+        if declared != found:
+            raise BundleError(self._path.name, f"inputs and outputs {declared} as in manifest.json", str(found))
+        self.session = session
+
+    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # InferenceSession.run is thread-safe; no lock on the hot path.
+        return dict(zip(self._output_names, self.session.run(self._output_names, feed), strict=True))
+
+    def deactivate_impl(self) -> None:
+        self.session = None
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        if self.session is not None:
+            info["providers"] = self.session.get_providers()
+        return info

@@ -1,0 +1,141 @@
+"""Bundle directories: ONNX graphs, vocabularies and ``manifest.json``, checked on open.
+
+``manifest.json`` is written last at export, so a directory without it is not a bundle. It lists
+every file with its size and sha256; :meth:`Bundle.open` refuses a bundle whose files are missing
+or altered, and a manifest of a schema version newer than this code understands.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fusionrt.runtime.errors import BundleError
+from fusionrt.runtime.spec import GraphSpec
+
+BUNDLE_FORMAT = "fusionrt-bundle"
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+FP32 = "fp32"
+
+
+def graph_filename(graph: str, precision: str = FP32) -> str:
+    """The file of ``graph`` at ``precision``: ``fusion.onnx`` for fp32, ``fusion.fp16.onnx`` otherwise."""
+    return f"{graph}.onnx" if precision == FP32 else f"{graph}.{precision}.onnx"
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_bundle(path: str | Path) -> bool:
+    """Whether ``path`` is a directory holding a ``manifest.json``."""
+    return (Path(path) / MANIFEST).is_file()
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    if not path.is_dir():
+        raise BundleError("bundle", "a directory with manifest.json", f"no directory at {path}")
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(MANIFEST, f"a file in {path} (written last by fusionrt export)", "nothing")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(MANIFEST, "JSON", f"unreadable content ({exc})") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise BundleError(MANIFEST, f"format {BUNDLE_FORMAT!r}", repr(got))
+    version = manifest.get("schema_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise BundleError(MANIFEST, "an integer schema_version >= 1", repr(version))
+    if version > SCHEMA_VERSION:
+        raise BundleError(
+            MANIFEST, f"schema_version <= {SCHEMA_VERSION} (the newest this fusionrt reads)",
+            f"schema_version {version}: the bundle was written by a newer fusionrt; upgrade to load it",
+        )
+    for key in ("files", "graphs", "model"):
+        if not isinstance(manifest.get(key), dict):
+            raise BundleError(MANIFEST, f"a {key!r} object", repr(manifest.get(key))[:80])
+    for name, entry in manifest["files"].items():
+        # File names are plain names inside the bundle: a manifest must not point elsewhere.
+        if Path(name).name != name or name in (".", "..", MANIFEST):
+            raise BundleError(f"{MANIFEST} files", "plain file names inside the bundle", repr(name))
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            raise BundleError(f"{MANIFEST} files.{name}", "an object with sha256 and bytes", repr(entry)[:80])
+    return manifest
+
+
+@dataclass
+class Bundle:
+    """An opened (and by default hash-verified) bundle directory."""
+
+    path: Path
+    manifest: dict[str, Any]
+    graphs: dict[str, GraphSpec]
+
+    @classmethod
+    def open(cls, path: str | Path, verify: bool = True) -> Bundle:
+        """Read ``manifest.json``; with ``verify``, check the size and sha256 of every listed file."""
+        path = Path(path)
+        manifest = _read_manifest(path)
+        graphs = {name: GraphSpec.from_dict(name, entry) for name, entry in manifest["graphs"].items()}
+        for name, graph in graphs.items():
+            for precision, filename in graph.precisions.items():
+                if filename not in manifest["files"]:
+                    raise BundleError(f"{MANIFEST} graphs.{name}.precisions.{precision}",
+                                      "a file listed (with its hash) under files", repr(filename))
+        bundle = cls(path, manifest, graphs)
+        if verify:
+            bundle.verify()
+        return bundle
+
+    def verify(self) -> None:
+        """Raise :class:`BundleError` naming the first missing, resized or altered file."""
+        for name, entry in self.manifest["files"].items():
+            file = self.path / name
+            if not file.is_file():
+                raise BundleError(name, f"a file of the bundle at {file}", "nothing (missing file)")
+            size = file.stat().st_size
+            if "bytes" in entry and size != entry["bytes"]:
+                raise BundleError(name, f"{entry['bytes']} bytes as in {MANIFEST}",
+                                  f"{size} bytes (truncated or altered file)")
+            digest = sha256_file(file)
+            if digest != entry["sha256"]:
+                raise BundleError(name, f"sha256 {entry['sha256']} as in {MANIFEST}",
+                                  f"sha256 {digest} (altered file)")
+
+    @property
+    def model(self) -> dict[str, Any]:
+        """The model section: contract sizes (vocab_size, visual_dim, max_* ...) and the config if known."""
+        return self.manifest["model"]
+
+    def graph(self, name: str) -> GraphSpec:
+        if name not in self.graphs:
+            raise BundleError("graph", f"one of this bundle's graphs {sorted(self.graphs)}", repr(name))
+        return self.graphs[name]
+
+    def graph_path(self, name: str, precision: str = FP32) -> Path:
+        """The file of graph ``name`` at ``precision``, as the manifest lists it."""
+        spec = self.graph(name)
+        if precision not in spec.precisions:
+            hint = ""
+            if (self.path / graph_filename(name, precision)).exists():
+                hint = f" ({graph_filename(name, precision)} exists but the manifest does not list it)"
+            raise BundleError("precision", f"one of {sorted(spec.precisions)} for graph {name!r} of this bundle",
+                              repr(precision) + hint)
+        return self.path / spec.precisions[precision]
+
+    def file(self, name: str) -> Path:
+        """A file the manifest lists (for example ``tokenizer.json``)."""
+        if name not in self.manifest["files"]:
+            raise BundleError(name, f"a file listed in {MANIFEST} of {self.path}",
+                              f"a bundle without it (files: {sorted(self.manifest['files'])})")
+        return self.path / name

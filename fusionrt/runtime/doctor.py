@@ -1,0 +1,147 @@
+"""What this machine can run: packages, backends, ONNX Runtime providers, GPUs, TensorRT.
+
+Every probe catches its own failure and reports it as text, so the doctor never crashes on a broken
+install (which is when it is needed most).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import platform
+import shutil
+import subprocess
+from typing import Any
+
+import fusionrt
+from fusionrt.runtime.session import BACKENDS
+
+# import name -> distribution names to ask for a version (the first installed one wins).
+PACKAGES = {
+    "numpy": ("numpy",),
+    "onnx": ("onnx",),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+    "onnxscript": ("onnxscript",),
+    "torch": ("torch",),
+    "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu13"),
+    "polygraphy": ("polygraphy",),
+}
+# backend -> packages it imports
+BACKEND_PACKAGES = {"onnxruntime": ("onnxruntime",), "torch": ("torch",)}
+
+
+def _distribution_version(names: tuple[str, ...]) -> str | None:
+    for name in names:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def package_status(module: str) -> dict[str, Any]:
+    """Installed version and whether it imports (an installed package can still fail to import)."""
+    version = _distribution_version(PACKAGES.get(module, (module,)))
+    status: dict[str, Any] = {"installed": version is not None, "version": version, "importable": False,
+                              "error": None}
+    if version is None:
+        return status
+    try:
+        imported = importlib.import_module(module)
+        status["importable"] = True
+        status["version"] = getattr(imported, "__version__", version)
+    except Exception as exc:  # broken installs raise anything from ImportError to OSError
+        status["error"] = f"{type(exc).__name__}: {str(exc).strip()[:200]}"
+    return status
+
+
+def _nvidia_smi() -> dict[str, Any]:
+    if shutil.which("nvidia-smi") is None:
+        return {"found": False, "gpus": [], "error": None}
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=20, check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return {"found": True, "gpus": [], "error": f"{type(exc).__name__}: {exc}"}
+    if done.returncode != 0:
+        return {"found": True, "gpus": [], "error": (done.stderr or done.stdout).strip()[:200]}
+    gpus = [dict(zip(("name", "memory", "driver"), (p.strip() for p in line.split(",")), strict=False))
+            for line in done.stdout.splitlines() if line.strip()]
+    return {"found": True, "gpus": gpus, "error": None}
+
+
+def _torch_cuda(packages: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    if not packages["torch"]["importable"]:
+        return {"checked": False}
+    try:
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return {"checked": True, "available": count > 0, "cuda": torch.version.cuda,
+                "devices": [torch.cuda.get_device_name(i) for i in range(count)]}
+    except Exception as exc:  # a CUDA build without a driver raises at query time
+        return {"checked": True, "available": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def diagnose(check_torch: bool = True) -> dict[str, Any]:
+    """The doctor's findings as a JSON-ready dict. ``check_torch=False`` skips importing torch (slow to
+    import); its ``importable`` and its backend's ``available`` are then ``None``."""
+    packages = {name: package_status(name) for name in PACKAGES if check_torch or name != "torch"}
+    if not check_torch:
+        version = _distribution_version(PACKAGES["torch"])
+        packages["torch"] = {"installed": version is not None, "version": version, "importable": None,
+                             "error": None}
+    backends = {}
+    for backend in BACKENDS:
+        needs = BACKEND_PACKAGES.get(backend, ())
+        missing = [p for p in needs if not packages[p]["importable"]]
+        unchecked = [p for p in needs if packages[p]["importable"] is None]
+        backends[backend] = {"available": None if unchecked else not missing, "missing": missing}
+    backends["tensorrt"] = {"available": False, "missing": [],
+                            "note": "not a fusionrt backend yet (planned)"}
+    providers: list[str] | str = "onnxruntime not importable"
+    if packages["onnxruntime"]["importable"]:
+        import onnxruntime
+
+        providers = list(onnxruntime.get_available_providers())
+    trt = packages["tensorrt"]
+    return {
+        "fusionrt": fusionrt.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": packages,
+        "backends": backends,
+        "onnxruntime_providers": providers,
+        "gpus": {"nvidia_smi": _nvidia_smi(), "torch_cuda": _torch_cuda(packages)},
+        "tensorrt": trt["version"] if trt["importable"] else ("not installed" if not trt["installed"] else
+                                                               f"installed but not importable: {trt['error']}"),
+    }
+
+
+def render(report: dict[str, Any]) -> str:
+    """Human-readable lines."""
+    lines = [f"fusionrt {report['fusionrt']} on Python {report['python']} ({report['platform']})", "packages:"]
+    for name, p in report["packages"].items():
+        state = ("not installed" if not p["installed"] else "ok" if p["importable"] else
+                 "installed, import not checked" if p["importable"] is None else f"BROKEN: {p['error']}")
+        lines.append(f"  {name:<12} {p['version'] or '-':<16} {state}")
+    lines.append("backends:")
+    for name, b in report["backends"].items():
+        state = ("available" if b["available"] else "not checked" if b["available"] is None else
+                 b.get("note") or f"missing {', '.join(b['missing'])}")
+        lines.append(f"  {name:<12} {state}")
+    providers = report["onnxruntime_providers"]
+    lines.append(f"onnxruntime providers: {', '.join(providers) if isinstance(providers, list) else providers}")
+    smi = report["gpus"]["nvidia_smi"]
+    if smi["gpus"]:
+        lines.extend(f"GPU: {g.get('name')} ({g.get('memory')}, driver {g.get('driver')})" for g in smi["gpus"])
+    else:
+        lines.append("GPU: none found" + (f" (nvidia-smi: {smi['error']})" if smi["error"] else
+                                           "" if smi["found"] else " (no nvidia-smi)"))
+    cuda = report["gpus"]["torch_cuda"]
+    if cuda.get("checked"):
+        lines.append(f"torch CUDA: {'available ' + str(cuda.get('devices')) if cuda.get('available') else 'no'}")
+    lines.append(f"TensorRT: {report['tensorrt']}")
+    return "\n".join(lines)

@@ -1,0 +1,87 @@
+"""The runner interface every backend implements.
+
+The public methods (:meth:`Runner.activate`, :meth:`Runner.infer`, :meth:`Runner.deactivate`)
+validate and keep state; a backend overrides only the ``*_impl`` methods. Adding a backend
+(TensorRT comes next) is one module with one subclass, registered in
+:data:`fusionrt.runtime.session.BACKENDS`; callers do not change.
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from fusionrt.runtime.bundle import Bundle
+from fusionrt.runtime.errors import BackendError
+from fusionrt.runtime.spec import GraphSpec
+from fusionrt.runtime.validate import FeedValidator
+
+
+class Runner(abc.ABC):
+    """Runs one graph of a bundle at one precision on one backend.
+
+    ``infer`` may be called from several threads at once once the runner is active; a backend whose
+    engine is not thread-safe must serialize inside ``infer_impl``.
+    """
+
+    backend: ClassVar[str] = "abstract"
+    precisions: ClassVar[tuple[str, ...] | None] = None  # None: whatever the bundle has
+
+    def __init__(self, bundle: Bundle, graph: str = "fusion", precision: str = "fp32") -> None:
+        self.bundle = bundle
+        self.graph: GraphSpec = bundle.graph(graph)
+        if self.precisions is not None and precision not in self.precisions:
+            raise BackendError("precision", f"one of {list(self.precisions)} on the {self.backend} backend",
+                               repr(precision))
+        self.precision = precision
+        self._validate = FeedValidator(self.graph)
+        self._lock = threading.Lock()
+        self._active = False
+
+    @property
+    def is_active(self) -> bool:
+        return self._active
+
+    def activate(self) -> None:
+        """Load the graph (idempotent)."""
+        with self._lock:
+            if not self._active:
+                self.activate_impl()
+                self._active = True
+
+    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Validate ``feed`` against the manifest, run, and return every output by name."""
+        if not self._active:
+            self.activate()
+        outputs = self.infer_impl(self._validate(feed))
+        missing = [t.name for t in self.graph.outputs if t.name not in outputs]
+        if missing:
+            raise BackendError(f"{self.backend} outputs", f"{[t.name for t in self.graph.outputs]}",
+                               f"a result without {missing}")
+        return outputs
+
+    def deactivate(self) -> None:
+        """Release the loaded graph (idempotent)."""
+        with self._lock:
+            if self._active:
+                self.deactivate_impl()
+                self._active = False
+
+    def describe(self) -> dict[str, Any]:
+        """Backend, graph, precision and whatever the backend adds (providers, device ...)."""
+        return {"backend": self.backend, "graph": self.graph.name, "precision": self.precision}
+
+    @abc.abstractmethod
+    def activate_impl(self) -> None:
+        """Load the engine; raise :class:`BundleError` or :class:`BackendError` if it cannot."""
+
+    @abc.abstractmethod
+    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run on a validated feed; return numpy arrays keyed by output name."""
+
+    def deactivate_impl(self) -> None:  # noqa: B027 - optional hook, most engines need no explicit release
+        """Release the engine."""

@@ -1,0 +1,28 @@
+"""Training settings (torch-free, so the CLI can list them without importing torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class TrainConfig:
+    """What ``fusionrt train`` does; the defaults produce the shipped ``small`` checkpoint."""
+
+    preset: str = "small"
+    train_scenes: int = 20000
+    heldout_scenes: int = 2000
+    questions_per_kind: int = 1
+    # Relational questions are the slowest to learn; more of them per scene shortens the plateau.
+    left_of_per_scene: int = 3
+    steps: int = 1400
+    scenes_per_step: int = 20
+    learning_rate: float = 1e-3
+    warmup_steps: int = 200
+    weight_decay: float = 0.01
+    attribute_loss_weight: float = 0.5
+    grounding_loss_weight: float = 0.5
+    seed: int = 0
+    threads: int = 2
+    model_overrides: dict[str, Any] = field(default_factory=dict)

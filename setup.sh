@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up a fresh machine (virtualenv + fusionrt with its CPU extras), then run the main job on
+# the shipped defaults: render a scene and answer a question about it with the shipped model.
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[all]"
+.venv/bin/fusionrt render --seed 7 scene.png
+.venv/bin/fusionrt ask scene.png "How many objects are there?" --top 3
