@@ -1,0 +1,185 @@
+"""``calibrate`` and ``quantize``: add a calibration set, an FP16 graph or INT8 graphs to a bundle.
+
+A precision is registered in the manifest only after it met its accuracy budget on held-out
+scenes; a miss raises :class:`BudgetExceededError` (carrying the report) and leaves the bundle as it was.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from fusionrt.calibration.budget import BUDGETS, DEFAULT_HELDOUT_SCENES, Budget, HeldoutEvaluator
+from fusionrt.calibration.errors import BudgetExceededError, CalibrationError, QuantizationError
+from fusionrt.calibration.fp16 import DEFAULT_KEEP_FP32, convert_fp16
+from fusionrt.calibration.manifest import update_manifest
+from fusionrt.calibration.qdq import CPU, TENSORRT, Recipe, write_qdq
+from fusionrt.calibration.ranges import DEFAULT_METHOD, DEFAULT_PERCENTILE, Ranges, collect_ranges, write_trt_cache
+from fusionrt.calibration.samples import (
+    DEFAULT_SAMPLES,
+    MIN_SAMPLES,
+    SAMPLES_FILE,
+    CalibrationSet,
+    draw_scenes,
+    load_directory,
+    load_set,
+    validate,
+)
+from fusionrt.io import atomic_write_json
+from fusionrt.runtime.bundle import Bundle, graph_filename
+
+Progress = Callable[[str], None]
+FUSION, REGION_ENCODER = "fusion", "region_encoder"
+TRT_CACHE_FILE = "fusion.int8.calibration.cache"
+RANGES_FILE = "fusion.int8.ranges.json"
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def fp32_fusion_path(bundle: Bundle) -> Path:
+    """The fp32 fusion graph: every precision is derived from it."""
+    path = bundle.graph_path(FUSION)  # BundleError if the manifest has no fp32 fusion graph
+    if not path.is_file():
+        raise QuantizationError("fp32 graph", f"{path.name} in {bundle.path}", "nothing (missing file)")
+    return path
+
+
+def calibrate(bundle_dir: str | Path, samples: int = DEFAULT_SAMPLES, from_dir: str | Path | None = None,
+              min_samples: int = MIN_SAMPLES, progress: Progress | None = None) -> dict[str, Any]:
+    """Draw ``samples`` calibration samples from calibration scenes (or load ``from_dir``), save them as
+    ``calibration.npz`` in the bundle and record its sha256 in the manifest; return that record."""
+    bundle = Bundle.open(bundle_dir)
+    fp32_fusion_path(bundle)
+    spec = bundle.graph(FUSION)
+    if from_dir is not None:
+        data = load_directory(from_dir, spec, min_samples)
+    else:
+        if samples < min_samples:
+            raise CalibrationError("samples", f"at least {min_samples}", str(samples))
+        data = draw_scenes(bundle, samples, progress=progress)
+        validate(data.arrays(), spec, min_samples)
+    digest = data.save(bundle.path / SAMPLES_FILE)
+    record = {"file": SAMPLES_FILE, "sha256": digest, "samples": len(data), "source": data.source,
+              "lengths": data.lengths(), "created_utc": _now()}
+    update_manifest(bundle.path, files=[SAMPLES_FILE], sections={"calibration": record})
+    return record
+
+
+def load_calibration(bundle: Bundle, min_samples: int = MIN_SAMPLES) -> CalibrationSet:
+    """The bundle's calibration set (hash-checked by :meth:`Bundle.open`)."""
+    if "calibration" not in bundle.manifest or SAMPLES_FILE not in bundle.manifest["files"]:
+        raise QuantizationError("calibration set", f"{SAMPLES_FILE} in the bundle (run `fusionrt calibrate` first)",
+                                "a bundle without one")
+    return load_set(bundle.file(SAMPLES_FILE), bundle.graph(FUSION), min_samples)
+
+
+def _stage(bundle: Bundle) -> Path:
+    # Staged next to the bundle's files so the final move is a rename on the same file system.
+    return Path(tempfile.mkdtemp(prefix=".quantize-", dir=bundle.path))
+
+
+def _publish(bundle: Bundle, staged: dict[str, Path], precisions: Sequence[str], record: dict[str, Any]) -> Bundle:
+    for name, path in staged.items():
+        os.replace(path, bundle.path / name)
+    graphs = {FUSION: {p: graph_filename(FUSION, p) for p in precisions}}
+    if REGION_ENCODER in bundle.graphs:
+        # The region encoder is not quantized: at every precision it runs its fp32 file.
+        graphs[REGION_ENCODER] = dict.fromkeys(precisions, graph_filename(REGION_ENCODER))
+    quantization = dict(bundle.manifest.get("quantization", {}))
+    quantization.update({p: record for p in precisions})
+    return update_manifest(bundle.path, files=list(staged), precisions=graphs,
+                           sections={"quantization": quantization})
+
+
+def quantize_fp16(bundle_dir: str | Path, keep_fp32: Sequence[str] = DEFAULT_KEEP_FP32,
+                  heldout_scenes: int = DEFAULT_HELDOUT_SCENES, budget: Budget | None = None,
+                  evaluator: HeldoutEvaluator | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    """Write ``fusion.fp16.onnx``, measure it against fp32 PyTorch, register it if within budget."""
+    bundle = Bundle.open(bundle_dir)
+    fp32 = fp32_fusion_path(bundle)
+    budget = budget or BUDGETS["fp16"]
+    started = time.perf_counter()
+    stage = _stage(bundle)
+    try:
+        name = graph_filename(FUSION, "fp16")
+        if progress:
+            progress("converting to fp16")
+        summary = convert_fp16(fp32, stage / name, keep_fp32)
+        evaluator = evaluator or HeldoutEvaluator(bundle, heldout_scenes, progress=progress)
+        measurement = evaluator.measure_path(stage / name)
+        report = {"precision": "fp16", "created_utc": _now(), "file": name, "conversion": summary,
+                  "heldout": {"scenes": evaluator.scenes, **measurement.to_dict(budget)},
+                  "seconds": round(time.perf_counter() - started, 1)}
+        if measurement.failures(budget):
+            raise BudgetExceededError("fp16 graph", f"within {budget.to_dict()} on held-out scenes",
+                                      "; ".join(measurement.failures(budget)), report)
+        _publish(bundle, {name: stage / name}, ["fp16"], report)
+        return report
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def quantize_int8(bundle_dir: str | Path, method: str = DEFAULT_METHOD, percentile: float = DEFAULT_PERCENTILE,
+                  heldout_scenes: int = DEFAULT_HELDOUT_SCENES, budget: Budget | None = None,
+                  sensitivity: bool = True, ranges: Ranges | None = None, evaluator: HeldoutEvaluator | None = None,
+                  recipes: Sequence[Recipe] = (TENSORRT, CPU), progress: Progress | None = None) -> dict[str, Any]:
+    """Collect ranges once over the bundle's calibration set, write ``fusion.int8.onnx`` (TensorRT Q/DQ),
+    ``fusion.int8-cpu.onnx`` (ORT CPU U8S8) and the TensorRT calibration cache from them, check each graph's
+    budget (excluding the fewest sensitive nodes if ``sensitivity``), and register them."""
+    bundle = Bundle.open(bundle_dir)
+    fp32 = fp32_fusion_path(bundle)
+    budget = budget or BUDGETS["int8"]
+    started = time.perf_counter()
+    if ranges is None:
+        data = load_calibration(bundle)
+        if progress:
+            progress(f"collecting activation ranges over {len(data)} samples ({method})")
+        ranges = collect_ranges(fp32, data.feeds(), method, percentile, progress=progress)
+    evaluator = evaluator or HeldoutEvaluator(bundle, heldout_scenes, progress=progress)
+    stage = _stage(bundle)
+    try:
+        staged: dict[str, Path] = {}
+        graphs: dict[str, Any] = {}
+        for recipe in recipes:
+            name = graph_filename(FUSION, recipe.precision)
+            if progress:
+                progress(f"writing {name}")
+            write_qdq(fp32, stage / name, ranges, recipe)
+            measurement = evaluator.measure_path(stage / name)
+            entry: dict[str, Any] = {"file": name, "excluded": [],
+                                     "heldout": {"scenes": evaluator.scenes, **measurement.to_dict(budget)}}
+            if measurement.failures(budget):
+                if not sensitivity:
+                    raise BudgetExceededError(f"{recipe.precision} graph", f"within {budget.to_dict()}",
+                                              "; ".join(measurement.failures(budget)),
+                                              {"graphs": {**graphs, recipe.precision: entry}})
+                from fusionrt.calibration.sensitivity import exclude_for_budget
+
+                found = exclude_for_budget(fp32, ranges, recipe, evaluator, budget, progress)
+                write_qdq(fp32, stage / name, ranges, recipe, exclude=found["excluded"])
+                after = evaluator.measure_path(stage / name)
+                entry.update(excluded=found["excluded"], sensitivity=found,
+                             before_exclusion=measurement.to_dict(budget),
+                             heldout={"scenes": evaluator.scenes, **after.to_dict(budget)})
+            staged[name] = stage / name
+            graphs[recipe.precision] = entry
+        write_trt_cache(ranges, stage / TRT_CACHE_FILE)
+        atomic_write_json(stage / RANGES_FILE, ranges.to_dict())
+        staged[TRT_CACHE_FILE], staged[RANGES_FILE] = stage / TRT_CACHE_FILE, stage / RANGES_FILE
+        calibration = bundle.manifest.get("calibration", {})
+        report = {"precision": "int8", "created_utc": _now(), "method": ranges.label, "samples": ranges.samples,
+                  "calibration_sha256": calibration.get("sha256"), "tensors": len(ranges.values),
+                  "trt_calibration_cache": TRT_CACHE_FILE, "ranges_file": RANGES_FILE, "graphs": graphs,
+                  "seconds": round(time.perf_counter() - started, 1)}
+        _publish(bundle, staged, [r.precision for r in recipes], report)
+        return report
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

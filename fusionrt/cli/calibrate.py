@@ -1,0 +1,36 @@
+"""``fusionrt calibrate BUNDLE [--samples N] [--from DIR]``: add a calibration set to a bundle."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from fusionrt.calibration.samples import DEFAULT_SAMPLES, MIN_SAMPLES
+
+    parser = subparsers.add_parser("calibrate", help="draw calibration samples from real scenes into a bundle")
+    parser.add_argument("bundle", help="bundle directory written by `fusionrt export`")
+    parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
+                        help=f"questions to draw, one per calibration scene (default {DEFAULT_SAMPLES})")
+    parser.add_argument("--from", dest="from_dir", default=None, metavar="DIR",
+                        help="use the npz feeds in DIR (keys input_ids, text_mask, visual_feats, visual_mask)")
+    parser.add_argument("--min-samples", type=int, default=MIN_SAMPLES, help=f"default {MIN_SAMPLES}")
+    parser.add_argument("--json", default=None, metavar="OUT", help="also write the record as JSON to OUT")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fusionrt.calibration import calibrate
+    from fusionrt.io import atomic_write_json
+
+    def progress(text: str) -> None:
+        print(f"  {text}", file=sys.stderr, flush=True)
+
+    record = calibrate(args.bundle, samples=args.samples, from_dir=args.from_dir, min_samples=args.min_samples,
+                       progress=progress)
+    if args.json:
+        atomic_write_json(args.json, record)
+    print(json.dumps(record, indent=2))
+    return 0

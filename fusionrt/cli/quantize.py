@@ -1,0 +1,77 @@
+"""``fusionrt quantize BUNDLE --precision fp16|int8``: add FP16 or INT8 graphs, within their accuracy budget.
+
+Exit status 0 when every written graph met its budget, 1 when one missed it (the JSON report says
+how, and the bundle is left unchanged), 2 for errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+EXIT_BUDGET_MISSED = 1
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from fusionrt.calibration.budget import DEFAULT_HELDOUT_SCENES
+    from fusionrt.calibration.fp16 import DEFAULT_KEEP_FP32
+    from fusionrt.calibration.ranges import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS
+
+    parser = subparsers.add_parser("quantize", help="write FP16 or INT8 graphs into a bundle, budget-checked")
+    parser.add_argument("bundle", help="bundle directory (for int8: after `fusionrt calibrate`)")
+    parser.add_argument("--precision", required=True, choices=("fp16", "int8"),
+                        help="int8 writes fusion.int8.onnx (TensorRT) and fusion.int8-cpu.onnx (ORT CPU)")
+    parser.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS, help=f"default {DEFAULT_METHOD}")
+    parser.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE,
+                        help=f"for --method percentile (default {DEFAULT_PERCENTILE})")
+    parser.add_argument("--keep-fp32", default=",".join(DEFAULT_KEEP_FP32),
+                        help="fp16: comma-separated op types kept in FP32")
+    parser.add_argument("--heldout-scenes", type=int, default=DEFAULT_HELDOUT_SCENES,
+                        help=f"held-out scenes the budget is measured on (default {DEFAULT_HELDOUT_SCENES})")
+    parser.add_argument("--no-sensitivity", action="store_true",
+                        help="int8: fail instead of leaving sensitive MatMuls in float when the budget is missed")
+    parser.add_argument("--json", default=None, metavar="OUT", help="also write the report as JSON to OUT")
+    parser.set_defaults(handler=run)
+
+
+def _summary(report: dict) -> list[str]:
+    rows = []
+    graphs = report.get("graphs") or {report.get("precision", "?"): report}
+    for precision, entry in graphs.items():
+        h = entry.get("heldout", {})
+        if "accuracy" in h:
+            rows.append(f"{precision:<9} accuracy {h['accuracy']:.4f} (fp32 torch {h['reference_accuracy']:.4f}, "
+                        f"drop {h['drop_points']:+.3f} points), agreement {h['agreement']:.4f} on "
+                        f"{h['questions']} questions: {'within budget' if h.get('passed') else 'MISSED'}")
+        if entry.get("excluded"):
+            rows.append(f"          left in float: {', '.join(entry['excluded'])}")
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    from fusionrt.calibration import BudgetExceededError, quantize_fp16, quantize_int8
+    from fusionrt.io import atomic_write_json
+    from fusionrt.parity.report import json_safe
+
+    def progress(text: str) -> None:
+        print(f"  {text}", file=sys.stderr, flush=True)
+
+    try:
+        if args.precision == "fp16":
+            keep = tuple(op.strip() for op in args.keep_fp32.split(",") if op.strip())
+            report = quantize_fp16(args.bundle, keep_fp32=keep, heldout_scenes=args.heldout_scenes,
+                                   progress=progress)
+        else:
+            report = quantize_int8(args.bundle, method=args.method, percentile=args.percentile,
+                                   heldout_scenes=args.heldout_scenes, sensitivity=not args.no_sensitivity,
+                                   progress=progress)
+        status = 0
+    except BudgetExceededError as exc:
+        report = {"precision": args.precision, "error": str(exc), **exc.report}
+        status = EXIT_BUDGET_MISSED
+        print(f"fusionrt quantize: budget missed: {exc}", file=sys.stderr)
+    if args.json:
+        atomic_write_json(args.json, json_safe(report))
+    print("\n".join(_summary(report)) or json.dumps(json_safe(report), indent=2))
+    return status

@@ -1,0 +1,305 @@
+"""FP16 and INT8 graphs of the shipped model: Q/DQ rules for TensorRT, FP16 structure, budgets on held-out scenes.
+
+One module-scoped fixture exports the shipped checkpoint, calibrates it on 256 calibration scenes and
+writes every precision once; the budgets are measured on 300 held-out scenes (about 2300 questions)
+against the fp32 PyTorch model.
+"""
+
+import collections
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, numpy_helper
+
+from fusionrt.calibration import (
+    BUDGETS,
+    Budget,
+    BudgetExceededError,
+    HeldoutEvaluator,
+    calibrate,
+    quantize_fp16,
+    quantize_int8,
+)
+from fusionrt.calibration.api import RANGES_FILE, TRT_CACHE_FILE
+from fusionrt.calibration.ranges import parse_trt_cache
+from fusionrt.export import export_checkpoint
+from fusionrt.parity import fusion_feed
+from fusionrt.runtime import Bundle, Session
+
+HELDOUT_SCENES = 300
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory):
+    """The shipped model's bundle with fp16, int8 and int8-cpu added; the reports; a clean working dir."""
+    root = tmp_path_factory.mktemp("quant")
+    bundle_dir = export_checkpoint(None, root / "bundle")
+    cwd = root / "cwd"
+    cwd.mkdir()
+    previous = os.getcwd()
+    os.chdir(cwd)  # whatever the onnxruntime tools drop in the working directory would show here
+    try:
+        record = calibrate(bundle_dir)
+        evaluator = HeldoutEvaluator(Bundle.open(bundle_dir), HELDOUT_SCENES)
+        fp16 = quantize_fp16(bundle_dir, evaluator=evaluator)
+        int8 = quantize_int8(bundle_dir, method="minmax", evaluator=evaluator)
+    finally:
+        os.chdir(previous)
+    return {"path": Path(bundle_dir), "calibration": record, "fp16": fp16, "int8": int8, "cwd": cwd,
+            "evaluator": evaluator}
+
+
+@pytest.fixture(scope="module")
+def trt_graph(quantized):
+    return onnx.load(str(quantized["path"] / "fusion.int8.onnx"))
+
+
+def _index(model):
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers = collections.defaultdict(list)
+    for n in graph.node:
+        for i in n.input:
+            consumers[i].append(n)
+    return {i.name: i for i in graph.initializer}, producer, consumers
+
+
+def test_bundle_lists_every_precision_with_hashes(quantized):
+    bundle = Bundle.open(quantized["path"])  # verifies every file's sha256
+    fusion = bundle.graph("fusion").precisions
+    assert fusion == {"fp32": "fusion.onnx", "fp16": "fusion.fp16.onnx", "int8": "fusion.int8.onnx",
+                      "int8-cpu": "fusion.int8-cpu.onnx"}
+    for name in ("calibration.npz", "fusion.fp16.onnx", "fusion.int8.onnx", "fusion.int8-cpu.onnx",
+                 TRT_CACHE_FILE, RANGES_FILE):
+        assert name in bundle.manifest["files"]
+    record = bundle.manifest["calibration"]
+    assert record["samples"] == 256 and record["sha256"] == bundle.manifest["files"]["calibration.npz"]["sha256"]
+    assert len(record["lengths"]["visual"]) >= 6 and len(record["lengths"]["text"]) >= 3
+    assert "calibration scenes seeds 2000000-2000255" in record["source"]
+    assert list(quantized["cwd"].iterdir()) == []
+    assert not [p for p in quantized["path"].iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+def test_budgets_are_met_and_stored(quantized):
+    manifest = Bundle.open(quantized["path"]).manifest["quantization"]
+    for precision, report in (("fp16", manifest["fp16"]["heldout"]),
+                              ("int8", manifest["int8"]["graphs"]["int8"]["heldout"]),
+                              ("int8-cpu", manifest["int8-cpu"]["graphs"]["int8-cpu"]["heldout"])):
+        budget = BUDGETS[precision]
+        assert report["questions"] > 2000 and report["scenes"] == HELDOUT_SCENES
+        assert report["budget"] == budget.to_dict() and report["passed"], (precision, report)
+        assert report["drop_points"] <= budget.max_drop_points
+        assert report["agreement"] >= budget.min_agreement
+        assert report["reference_accuracy"] > 0.97  # the reference really is the trained model
+        # Logits stay close, not only their argmax (typical logits are of size 5-15).
+        assert 0 < report["logits_mean_abs"] < (0.02 if precision == "fp16" else 0.3), (precision, report)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8", "int8-cpu"])
+def test_session_at_each_precision_matches_the_stored_measurement(quantized, precision):
+    evaluator = quantized["evaluator"]
+    with Session(quantized["path"], precision=precision) as session:
+        measured = evaluator.measure(session.run)
+    stored = Bundle.open(quantized["path"]).manifest["quantization"][precision]
+    heldout = stored["heldout"] if precision == "fp16" else stored["graphs"][precision]["heldout"]
+    assert measured.agreement == pytest.approx(heldout["agreement"])
+    assert measured.accuracy == pytest.approx(heldout["accuracy"])
+
+
+def test_trt_graph_zero_points_and_dtypes(trt_graph):
+    init, _, _ = _index(trt_graph)
+    qdq = [n for n in trt_graph.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert len(qdq) > 50
+    for node in qdq:
+        assert len(node.input) == 3, node.name  # explicit zero point, so its type says INT8
+        zero_point = init[node.input[2]]
+        assert zero_point.data_type == TensorProto.INT8, node.name
+        assert not numpy_helper.to_array(zero_point).any(), node.name
+    for name, tensor in init.items():
+        assert tensor.data_type != TensorProto.UINT8, name
+        assert tensor.data_type != TensorProto.INT32, name  # no INT32 bias
+
+
+def test_trt_graph_weights_per_channel_on_output_axis(quantized, trt_graph):
+    init, _, consumers = _index(trt_graph)
+    weights = 0
+    for node in trt_graph.graph.node:
+        if node.op_type != "DequantizeLinear" or node.input[0] not in init:
+            continue
+        weight = init[node.input[0]]
+        assert weight.data_type == TensorProto.INT8
+        (user,) = consumers[node.output[0]]
+        axis = next(a.i for a in node.attribute if a.name == "axis")
+        scale = numpy_helper.to_array(init[node.input[1]])
+        if user.op_type == "MatMul":
+            assert user.input[1] == node.output[0] and axis == 1  # B is [K, N]
+        else:
+            assert user.op_type == "Gemm"
+            trans_b = next((a.i for a in user.attribute if a.name == "transB"), 0)
+            assert axis == (0 if trans_b else 1)
+        assert scale.shape == (weight.dims[axis],) and (scale > 0).all()
+        weights += 1
+    fp32 = onnx.load(str(quantized["path"] / "fusion.onnx"))
+    fp32_weights = {i.name for i in fp32.graph.initializer}
+    linear = [n for n in fp32.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in fp32_weights]
+    assert weights == len(linear) == 27  # every Linear layer: 4 x 6 in the layers, visual projection, classifier
+
+
+def test_trt_graph_only_matmul_inputs_one_pair_each(trt_graph):
+    init, producer, consumers = _index(trt_graph)
+    activation_dq = 0
+    for node in trt_graph.graph.node:
+        if node.op_type == "QuantizeLinear":
+            source = producer.get(node.input[0])
+            # Nothing quantizes a MatMul/Gemm output or a LayerNorm output.
+            assert source is None or source.op_type not in ("MatMul", "Gemm", "LayerNormalization"), node.name
+            users = consumers[node.output[0]]
+            assert [u.op_type for u in users] == ["DequantizeLinear"], node.name  # dedicated pair
+        if node.op_type == "DequantizeLinear" and node.input[0] not in init:
+            users = consumers[node.output[0]]
+            assert len(users) == 1 and users[0].op_type in ("MatMul", "Gemm"), node.name
+            assert producer[node.input[0]].op_type == "QuantizeLinear"
+            activation_dq += 1
+    assert activation_dq >= 20  # attention and feed-forward MatMuls really are quantized
+    for node in trt_graph.graph.node:  # scales of activations are per tensor
+        if node.op_type == "QuantizeLinear":
+            assert numpy_helper.to_array(init[node.input[1]]).ndim == 0
+
+
+def test_cpu_graph_is_u8s8(quantized):
+    model = onnx.load(str(quantized["path"] / "fusion.int8-cpu.onnx"))
+    init, _, _ = _index(model)
+    activation_types, weight_types = set(), set()
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear":
+            (weight_types if node.input[0] in init else activation_types).add(init[node.input[2]].data_type)
+    assert activation_types == {TensorProto.UINT8} and weight_types == {TensorProto.INT8}
+
+
+def test_trt_calibration_cache_matches_the_ranges(quantized, trt_graph):
+    text = (quantized["path"] / TRT_CACHE_FILE).read_text()
+    assert text.splitlines()[0].startswith("TRT-")
+    scales = parse_trt_cache(text)
+    ranges = json.loads((quantized["path"] / RANGES_FILE).read_text())
+    assert ranges["method"] == "minmax" and ranges["samples"] == 256
+    assert set(scales) == set(ranges["ranges"])
+    names = {v for n in trt_graph.graph.node for v in (*n.input, *n.output)}
+    assert set(scales) <= names  # every cache entry names a tensor of the graph
+    for name, (low, high) in ranges["ranges"].items():
+        assert scales[name] == pytest.approx(max(abs(low), abs(high)) / 127, rel=1e-6)
+
+
+def test_fp16_graph_sorted_checked_and_fragile_ops_in_fp32(quantized):
+    model = onnx.load(str(quantized["path"] / "fusion.fp16.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    known = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer} | {""}
+    for node in model.graph.node:
+        assert all(i in known for i in node.input), f"{node.name} before its inputs' producers"
+        known.update(node.output)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.graph.value_info, *inferred.graph.input,
+                                                             *inferred.graph.output)}
+    types.update({i.name: i.data_type for i in model.graph.initializer})
+    floats = (TensorProto.FLOAT, TensorProto.FLOAT16)
+    kept = [n for n in model.graph.node if n.op_type in ("LayerNormalization", "Softmax", "Where", "ReduceSum")]
+    assert len(kept) >= 4 * 3
+    for node in kept:
+        for name in (*node.input, *node.output):
+            if types.get(name) in floats:
+                assert types[name] == TensorProto.FLOAT, f"{node.op_type} {node.name}: {name} is fp16"
+    assert sum(types.get(n.output[0]) == TensorProto.FLOAT16 for n in model.graph.node if n.op_type == "MatMul") > 20
+    assert [i.type.tensor_type.elem_type for i in model.graph.output] == [TensorProto.FLOAT] * 2
+
+
+def test_fp16_masks_stay_finite_on_fully_masked_rows(quantized):
+    bundle = Bundle.open(quantized["path"])
+    feed = fusion_feed(bundle.graph("fusion"), 8, 12, 8, np.random.default_rng(0))  # rows with nothing to attend
+    assert not feed["visual_mask"][-1].any() and not (feed["text_mask"][-3].any() or feed["visual_mask"][-3].any())
+    with Session(bundle, precision="fp32") as fp32, Session(bundle, precision="fp16") as fp16:
+        ref, half = fp32.run(feed), fp16.run(feed)
+    for name in ("hidden", "logits"):
+        assert np.isfinite(half[name]).all()
+        assert np.abs(half[name] - ref[name]).max() < 0.1
+    assert not half["hidden"][-3].any()  # padded positions stay exactly zero
+
+
+def test_answerer_and_parity_at_int8(quantized):
+    from fusionrt.app import Answerer
+    from fusionrt.data.questions import questions_for
+    from fusionrt.data.world import generate_scene, render
+    from fusionrt.parity import Tolerance, run_parity
+
+    scene = generate_scene(1_000_123)
+    image = render(scene)
+    fp32, int8 = Answerer(quantized["path"]), Answerer(quantized["path"], precision="int8-cpu")
+    for question in questions_for(scene, np.random.default_rng(0)):
+        assert int8.ask(image, question.text)[0] == fp32.ask(image, question.text)[0] == question.answer
+    report = run_parity(quantized["path"], "torch", "onnxruntime", candidate_precision="int8", scenes=20,
+                        tolerance=Tolerance(max_abs=10.0, min_cosine=0.99, min_agreement=0.95))
+    assert report.scenes is not None and report.scenes.agreement >= 0.95 and report.passed
+
+
+def test_a_missed_budget_raises_and_leaves_the_bundle_unchanged(quantized, tmp_path):
+    copy = Path(shutil.copytree(quantized["path"], tmp_path / "copy"))
+    before = (copy / "manifest.json").read_bytes()
+    impossible = Budget(max_drop_points=-50.0, min_agreement=1.0)
+    with pytest.raises(BudgetExceededError, match="accuracy drop") as info:
+        quantize_int8(copy, budget=impossible, sensitivity=False, evaluator=quantized["evaluator"])
+    assert info.value.report["graphs"]["int8"]["heldout"]["passed"] is False
+    with pytest.raises(BudgetExceededError, match="fp16"):
+        quantize_fp16(copy, budget=impossible, evaluator=quantized["evaluator"])
+    assert (copy / "manifest.json").read_bytes() == before
+    assert not [p for p in copy.iterdir() if p.name.startswith(".")]
+    Bundle.open(copy)
+
+
+def test_cli_calibrate_from_dir_quantize_and_ask(quantized, tmp_path, capsys):
+    from fusionrt.cli import main
+    from fusionrt.data.world import generate_scene, render
+
+    copy = Path(shutil.copytree(quantized["path"], tmp_path / "copy"))
+    feeds = tmp_path / "feeds"
+    feeds.mkdir()
+    with np.load(copy / "calibration.npz", allow_pickle=False) as data:
+        for i in range(0, 64, 16):
+            np.savez(feeds / f"part{i}.npz", **{k: data[k][i:i + 16] for k in data.files})
+    assert main(["calibrate", str(copy), "--from", str(feeds)]) == 0
+    assert Bundle.open(copy).manifest["calibration"]["samples"] == 64
+    out = tmp_path / "report.json"
+    assert main(["quantize", str(copy), "--precision", "int8", "--method", "percentile", "--percentile", "99.99",
+                 "--heldout-scenes", "40", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["method"] == "percentile 99.99" and report["samples"] == 64
+    assert report["graphs"]["int8"]["heldout"]["passed"]
+    image = tmp_path / "scene.png"
+    from PIL import Image
+
+    Image.fromarray(render(generate_scene(5))).save(image)
+    capsys.readouterr()
+    assert main(["ask", str(image), "How many objects are there?", "--bundle", str(copy),
+                 "--precision", "int8-cpu"]) == 0
+    assert capsys.readouterr().out.split("\t")[0] == str(len(generate_scene(5).objects))
+    assert main(["calibrate", str(copy), "--samples", "5"]) == 2  # too few: a clear error, exit 2
+    assert main(["ask", str(image), "How many objects are there?", "--bundle", str(copy),
+                 "--precision", "int4"]) == 2
+
+
+def test_cli_budget_miss_exits_1_with_a_report(quantized, tmp_path, monkeypatch, capsys):
+    from fusionrt.calibration import budget as budget_module
+    from fusionrt.cli import main
+
+    copy = Path(shutil.copytree(quantized["path"], tmp_path / "copy"))
+    before = (copy / "manifest.json").read_bytes()
+    monkeypatch.setitem(budget_module.BUDGETS, "int8", Budget(max_drop_points=-50.0, min_agreement=1.0))
+    out = tmp_path / "report.json"
+    assert main(["quantize", str(copy), "--precision", "int8", "--heldout-scenes", "30", "--no-sensitivity",
+                 "--json", str(out)]) == 1
+    report = json.loads(out.read_text())
+    assert "accuracy drop" in report["error"] and report["graphs"]["int8"]["heldout"]["passed"] is False
+    assert "MISSED" in capsys.readouterr().out
+    assert (copy / "manifest.json").read_bytes() == before
