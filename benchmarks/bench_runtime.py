@@ -3,11 +3,12 @@
     .venv/bin/python benchmarks/bench_runtime.py [--checkpoint DIR] [--runs 100] [--warmup 20] [--threads 2]
 
 Measures the shipped model at B=1,T=16,M=8 and B=8,T=32,M=8 and the ``base`` preset at random
-weights: median latency of torch eager, of the Session, and of a bare ``InferenceSession.run`` on
-the same ORT session (the Session's own overhead). The three are timed round-robin, one call each
-per round, so a change in machine load hits all of them alike. Also measured on the shipped model:
+weights: median latency of torch eager and of the Session (taking turns in blocks, see
+:func:`measure`), and the Session's overhead over a bare ``InferenceSession.run`` on the same ORT
+session (alternating single calls, see :func:`measure_paired`). Also measured on the shipped model:
 which exporter (legacy / dynamo) and which ORT graph-optimization level give the faster graph.
-Writes benchmarks/RESULTS.md (and a PNG plot with --plot).
+Writes benchmarks/RESULTS.md (and a PNG plot with --plot). Run it on an otherwise idle machine:
+the load average before and after is recorded with the results.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def measure(candidates: dict[str, object], feed: dict[str, np.ndarray], runs: in
     for fn in candidates.values():
         for _ in range(warmup):
             fn(feed)
-    blocks = max(5, runs // 10)
+    blocks = max(10, runs // 5)
     per_block = -(-runs // blocks)
     times: dict[str, list[float]] = {name: [] for name in names}
     for block in range(blocks):
@@ -68,6 +69,16 @@ def measure(candidates: dict[str, object], feed: dict[str, np.ndarray], runs: in
             candidates[name](feed)  # wakes this engine's threads; not timed
             times[name].extend(timed(candidates[name], feed) for _ in range(per_block))
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def measure_paired(first, second, feed: dict[str, np.ndarray], runs: int) -> tuple[float, float]:
+    """Medians of two callables on the same engine, alternating single calls (order flipped every pair),
+    so both see the same machine state; for the Session's overhead over a bare ``InferenceSession.run``."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for i in range(runs):
+        for which in ((0, 1) if i % 2 == 0 else (1, 0)):
+            times[which].append(timed((first, second)[which], feed))
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def torch_call(module):
@@ -99,15 +110,16 @@ def compare(label: str, module, bundle: Path, threads: int, runs: int, warmup: i
     for batch, text, visual in SHAPES:
         log(f"  {label}: B={batch} T={text} M={visual}: {warmup} warm-up + {runs} timed calls per engine")
         feed = full_feed(session, batch, text, visual)
-        medians = measure({"torch": torch_call(module), "session": session.run, "bare": bare_call(session)},
-                          feed, runs, warmup)
-        # The Session's own work is validation; timed alone it is not blurred by the engines' variance.
+        medians = measure({"torch": torch_call(module), "session": session.run}, feed, runs, warmup)
+        paired = measure_paired(session.run, bare_call(session), feed, max(runs, 200))
+        # The Session's own work is validation; timed alone it is not blurred by the engine's variance.
         validator = FeedValidator(session.runner.graph)
         validation_us = 1e3 * statistics.median(timed(validator, feed) for _ in range(max(runs, 1000)))
-        rows.append({"model": label, "shape": (batch, text, visual), **medians, "validation_us": validation_us})
-        log(f"    torch {medians['torch']:.3f} ms, session {medians['session']:.3f} ms, "
-            f"bare ORT {medians['bare']:.3f} ms: speed-up {medians['torch'] / medians['session']:.2f}x, "
-            f"session overhead {100 * (medians['session'] / medians['bare'] - 1):+.1f}% "
+        rows.append({"model": label, "shape": (batch, text, visual), **medians, "paired_session": paired[0],
+                     "bare": paired[1], "validation_us": validation_us})
+        log(f"    torch {medians['torch']:.3f} ms, session {medians['session']:.3f} ms: speed-up "
+            f"{medians['torch'] / medians['session']:.2f}x; paired session {paired[0]:.3f} ms vs bare ORT "
+            f"{paired[1]:.3f} ms: overhead {100 * (paired[0] / paired[1] - 1):+.1f}% "
             f"(validation alone {validation_us:.1f} us)")
     return rows
 
@@ -164,13 +176,17 @@ def write_results(path: Path, command: str, env: list[str], rows: list[dict], va
              "- shapes: B (batch), T (text tokens), M (visual regions); rows padded differently, no fully "
              "masked row", "",
              "## PyTorch eager fp32 vs Session(onnxruntime) fp32", "",
-             "| model | params | B/T/M | torch eager (ms) | Session ORT (ms) | speed-up | bare ORT run (ms) "
-             "| Session overhead | validation alone |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| model | params | B/T/M | torch eager (ms) | Session ORT (ms) | speed-up |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {params[r['model']] / 1e6:.2f} M | {'/'.join(map(str, r['shape']))} | "
-                     f"{r['torch']:.3f} | {r['session']:.3f} | {r['torch'] / r['session']:.2f}x | "
-                     f"{r['bare']:.3f} | {100 * (r['session'] / r['bare'] - 1):+.1f}% | "
+                     f"{r['torch']:.3f} | {r['session']:.3f} | {r['torch'] / r['session']:.2f}x |")
+    lines += ["", "## Session overhead over a bare `InferenceSession.run` (same ORT session, alternating calls)", "",
+              "| model | B/T/M | Session (ms) | bare run (ms) | overhead | validation alone |",
+              "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {'/'.join(map(str, r['shape']))} | {r['paired_session']:.3f} | "
+                     f"{r['bare']:.3f} | {100 * (r['paired_session'] / r['bare'] - 1):+.1f}% | "
                      f"{r['validation_us']:.1f} us ({r['validation_us'] / (10 * r['bare']):.1f}%) |")
     if variant_rows:
         lines += ["", "## Exporter and ORT optimization level (shipped model, bare ORT run)", "",
@@ -191,9 +207,8 @@ def plot(path: Path, rows: list[dict]) -> None:
     labels = [f"{r['model']}\n{'/'.join(map(str, r['shape']))}" for r in rows]
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(8, 4))
-    for offset, key, name in ((-0.27, "torch", "torch eager"), (0, "session", "Session (ORT)"),
-                              (0.27, "bare", "bare ORT run")):
-        ax.bar(x + offset, [r[key] for r in rows], 0.27, label=name)
+    for offset, key, name in ((-0.2, "torch", "torch eager"), (0.2, "session", "Session (ORT)")):
+        ax.bar(x + offset, [r[key] for r in rows], 0.4, label=name)
     ax.set_xticks(x, labels)
     ax.set_ylabel("median latency (ms)")
     ax.set_yscale("log")

@@ -7,14 +7,18 @@ class FusionrtError(Exception):
     """Base class of every error fusionrt raises on purpose."""
 
 
-class InputError(FusionrtError, ValueError):
-    """An input (array, image, question, file) does not meet its contract."""
+class DescribedError(FusionrtError):
+    """An error in the ``name: expected ..., received ...`` form, with the three parts as attributes."""
 
     def __init__(self, name: str, expected: str, received: str) -> None:
         self.name = name
         self.expected = expected
         self.received = received
         super().__init__(f"{name}: expected {expected}, received {received}")
+
+
+class InputError(DescribedError, ValueError):
+    """An input (array, image, question, file) does not meet its contract."""
 
 
 class ImageError(InputError):

@@ -77,19 +77,14 @@ class HeldoutEvaluator:
 
     def __init__(self, bundle: Bundle, scenes: int = DEFAULT_HELDOUT_SCENES, batch: int = 64,
                  progress: Callable[[str], None] | None = None, reference: Any = None) -> None:
-        from fusionrt.parity.scenes import heldout_questions, pad_regions
+        from fusionrt.parity.scenes import encode_scene_regions, heldout_questions
         from fusionrt.runtime.session import Session
 
         self.scenes = scenes
         if progress:
             progress(f"building {scenes} held-out scenes")
         qa = heldout_questions(bundle, scenes)
-        with Session(bundle, "onnxruntime", "region_encoder") as encoder:
-            feats = np.concatenate([
-                encoder.run({"crops": qa.crops[a:a + 1024].astype(np.float32) / np.float32(255.0),
-                             "geometry": qa.geometry[a:a + 1024]})["feats"]
-                for a in range(0, len(qa.crops), 1024)])
-        visual, visual_mask = pad_regions(feats, np.diff(qa.region_offsets))
+        visual, visual_mask = encode_scene_regions(bundle, qa)
         self.batches: list[dict[str, np.ndarray]] = []
         for start in range(0, len(qa), batch):
             idx = np.arange(start, min(start + batch, len(qa)))

@@ -4,21 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from fusionrt.errors import FusionrtError, InputError
+from fusionrt.errors import DescribedError, InputError
 
 
 class CalibrationError(InputError):
     """A calibration set, or the ranges computed from it, cannot be used (too few samples, bad arrays, NaN range)."""
 
 
-class QuantizationError(FusionrtError):
+class QuantizationError(DescribedError):
     """A precision cannot be produced from this bundle (missing fp32 graph, unknown method, converter failure)."""
-
-    def __init__(self, name: str, expected: str, received: str) -> None:
-        self.name = name
-        self.expected = expected
-        self.received = received
-        super().__init__(f"{name}: expected {expected}, received {received}")
 
 
 class BudgetExceededError(QuantizationError):

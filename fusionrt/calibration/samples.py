@@ -175,8 +175,7 @@ def draw_scenes(bundle: Bundle, samples: int = DEFAULT_SAMPLES, start: int = 0, 
     from fusionrt.data.dataset import build_qa_set
     from fusionrt.data.tokenizer import QuestionEncoder
     from fusionrt.data.world import split_seeds
-    from fusionrt.parity.scenes import pad_regions
-    from fusionrt.runtime.session import Session
+    from fusionrt.parity.scenes import encode_scene_regions
 
     if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
         raise CalibrationError("samples", "a positive integer", repr(samples))
@@ -190,12 +189,7 @@ def draw_scenes(bundle: Bundle, samples: int = DEFAULT_SAMPLES, start: int = 0, 
     chosen = np.array([rng.choice(np.flatnonzero(qa.scene_index == s)) for s in range(samples)])
     if progress:
         progress(f"encoding {int(qa.region_offsets[-1])} regions with the bundle's region encoder")
-    with Session(bundle, "onnxruntime", "region_encoder") as encoder:
-        feats = np.concatenate([
-            encoder.run({"crops": qa.crops[a:a + 1024].astype(np.float32) / np.float32(255.0),
-                         "geometry": qa.geometry[a:a + 1024]})["feats"]
-            for a in range(0, len(qa.crops), 1024)])
-    visual, visual_mask = pad_regions(feats, np.diff(qa.region_offsets))
+    visual, visual_mask = encode_scene_regions(bundle, qa)
     seeds = split_seeds("calibration", samples, start=start)
     return CalibrationSet(
         input_ids=np.ascontiguousarray(qa.input_ids[chosen]), text_mask=np.ascontiguousarray(qa.text_mask[chosen]),

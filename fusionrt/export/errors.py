@@ -4,17 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fusionrt.errors import FusionrtError
+from fusionrt.errors import DescribedError
 
 
-class ExportError(FusionrtError):
+class ExportError(DescribedError):
     """The module, its arguments or the output directory do not allow an export."""
-
-    def __init__(self, name: str, expected: str, received: str) -> None:
-        self.name = name
-        self.expected = expected
-        self.received = received
-        super().__init__(f"{name}: expected {expected}, received {received}")
 
 
 class VerificationError(ExportError):

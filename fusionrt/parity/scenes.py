@@ -60,6 +60,19 @@ def pad_regions(feats: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.n
     return visual, mask
 
 
+def encode_scene_regions(bundle: Bundle, qa: QASet, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Every region of ``qa`` through the bundle's region-encoder graph (onnxruntime), padded per scene
+    to ``visual_feats`` [S,M,Dv] and ``visual_mask`` [S,M]."""
+    from fusionrt.runtime.session import Session
+
+    with Session(bundle, "onnxruntime", "region_encoder") as encoder:
+        feats = np.concatenate([
+            encoder.run({"crops": qa.crops[a:a + chunk].astype(np.float32) / np.float32(255.0),
+                         "geometry": qa.geometry[a:a + chunk]})["feats"]
+            for a in range(0, len(qa.crops), chunk)])
+    return pad_regions(feats, np.diff(qa.region_offsets))
+
+
 def _side(runners: Mapping[str, Runs], qa: QASet, idx: np.ndarray, visual_dim: int) -> dict[str, np.ndarray]:
     scenes, scene_of_question = np.unique(qa.scene_index[idx], return_inverse=True)
     starts, stops = qa.region_offsets[scenes], qa.region_offsets[scenes + 1]
