@@ -11,6 +11,17 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def default_mode(directory: bool = False) -> int:
+    """The mode ``open``/``mkdir`` would give under the current umask (mkstemp/mkdtemp use 0600/0700)."""
+    return (0o777 if directory else 0o666) & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temp path next to ``target``; on success it replaces ``target``, on error it is removed."""
@@ -19,6 +30,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    # Artifacts are read by other users (a serving account): give them the usual permissions.
+    os.chmod(tmp, default_mode())
     try:
         yield tmp
         os.replace(tmp, target)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fusionrt.export.errors import ExportError
-from fusionrt.io import atomic_write_bytes, atomic_write_json
+from fusionrt.io import atomic_write_bytes, atomic_write_json, default_mode
 from fusionrt.runtime.bundle import MANIFEST, is_bundle, sha256_file
 
 
@@ -34,6 +34,7 @@ class BundleWriter:
         _check_target(self.target)
         self.target.parent.mkdir(parents=True, exist_ok=True)
         self.path = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.staging-", dir=self.target.parent))
+        os.chmod(self.path, default_mode(directory=True))
 
     def __enter__(self) -> BundleWriter:
         return self
