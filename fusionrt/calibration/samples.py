@@ -9,7 +9,6 @@ from a user directory of npz feeds.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 
 from fusionrt.calibration.errors import CalibrationError
 from fusionrt.io import atomic_path
-from fusionrt.runtime.bundle import Bundle
+from fusionrt.runtime.bundle import Bundle, sha256_file
 from fusionrt.runtime.spec import GraphSpec
 from fusionrt.runtime.validate import FeedValidator
 
@@ -69,7 +68,7 @@ class CalibrationSet:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as handle:
                 np.savez(handle, **self.arrays())
-            digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+            digest = sha256_file(tmp)
         return digest
 
 
