@@ -15,10 +15,16 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fusionrt import __version__
+
     parser = argparse.ArgumentParser(prog="fusionrt", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fusionrt {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
+    # Every command takes -q after its name; progress bars are also off whenever stderr is not a terminal.
+    for command in subparsers.choices.values():
+        command.add_argument("-q", "--quiet", action="store_true", help="no progress bars on stderr")
     return parser
 
 

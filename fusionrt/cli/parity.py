@@ -27,7 +27,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="argmax agreement on scenes (default 0.99)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the grid's random feeds")
     parser.add_argument("--json", default=None, metavar="OUT", help="also write the full report as JSON to OUT")
-    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     parser.set_defaults(handler=run)
 
 
