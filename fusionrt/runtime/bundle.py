@@ -20,6 +20,8 @@ BUNDLE_FORMAT = "fusionrt-bundle"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 FP32 = "fp32"
+# The only sub-directory a manifest may list files in (TensorRT plans, written by ``fusionrt build``).
+SUBDIRS = ("engines",)
 
 
 def graph_filename(graph: str, precision: str = FP32) -> str:
@@ -38,6 +40,15 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 def is_bundle(path: str | Path) -> bool:
     """Whether ``path`` is a directory holding a ``manifest.json``."""
     return (Path(path) / MANIFEST).is_file()
+
+
+def is_bundle_file_name(name: str) -> bool:
+    """A plain name, or ``engines/<plain name>``: never absolute, never ``..``, never deeper."""
+    parts = name.split("/")
+    if len(parts) == 2 and parts[0] in SUBDIRS:
+        parts = parts[1:]
+    leaf = parts[0]
+    return len(parts) == 1 and leaf not in ("", ".", "..", MANIFEST) and "\\" not in leaf and Path(leaf).name == leaf
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
@@ -65,9 +76,9 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         if not isinstance(manifest.get(key), dict):
             raise BundleError(MANIFEST, f"a {key!r} object", repr(manifest.get(key))[:80])
     for name, entry in manifest["files"].items():
-        # File names are plain names inside the bundle: a manifest must not point elsewhere.
-        if Path(name).name != name or name in (".", "..", MANIFEST):
-            raise BundleError(f"{MANIFEST} files", "plain file names inside the bundle", repr(name))
+        # File names are plain names inside the bundle (or in engines/): a manifest must not point elsewhere.
+        if not is_bundle_file_name(name):
+            raise BundleError(f"{MANIFEST} files", "plain file names inside the bundle (or engines/NAME)", repr(name))
         if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
             raise BundleError(f"{MANIFEST} files.{name}", "an object with sha256 and bytes", repr(entry)[:80])
     return manifest
@@ -103,6 +114,9 @@ class Bundle:
             file = self.path / name
             if not file.is_file():
                 raise BundleError(name, f"a file of the bundle at {file}", "nothing (missing file)")
+            if "/" in name and not file.resolve().is_relative_to(self.path.resolve()):
+                # engines/ (or a plan in it) linked elsewhere: the hash would vouch for a file outside the bundle.
+                raise BundleError(name, f"a file inside the bundle {self.path}", f"a link to {file.resolve()}")
             size = file.stat().st_size
             if "bytes" in entry and size != entry["bytes"]:
                 raise BundleError(name, f"{entry['bytes']} bytes as in {MANIFEST}",

@@ -1,0 +1,150 @@
+"""``build_engines``: parse each graph strongly typed through Polygraphy, build, write the plan, record it.
+
+Order matters for "nothing written on failure": requirements (full TensorRT and a CUDA device) are
+checked before anything touches the bundle; each plan is written atomically; the manifest is rewritten
+last, once, with every new plan's entry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from fusionrt.calibration.manifest import update_manifest
+from fusionrt.engine.config import BuildOptions, create_config
+from fusionrt.engine.device import DeviceInfo, cuda_device
+from fusionrt.engine.entries import SECTION, EngineEntry, engine_filename, timing_cache_filename
+from fusionrt.engine.errors import GET_GPU, INSTALL_TENSORRT, BuildError, MissingRequirementError
+from fusionrt.engine.profiles import profiles_for, unknown_symbols
+from fusionrt.engine.versions import import_tensorrt, version_of
+from fusionrt.errors import InputError
+from fusionrt.io import atomic_write_bytes
+from fusionrt.progress import SILENT, Progress
+from fusionrt.runtime.bundle import Bundle, sha256_file
+
+# (onnx path, CreateConfig, timing cache path) -> serialized plan
+PlanBuilder = Callable[[Path, Any, Path], bytes]
+
+
+@dataclass(frozen=True)
+class BuildEnvironment:
+    """What a build needs from the machine; tests pass a fake one."""
+
+    trt: ModuleType
+    device: DeviceInfo
+    build_plan: PlanBuilder
+
+    @property
+    def tensorrt_version(self) -> str:
+        return version_of(self.trt)
+
+
+@dataclass(frozen=True)
+class BuiltEngine:
+    entry: EngineEntry
+    plan_bytes: int
+    seconds: float
+
+
+def require_build_environment(device_index: int = 0) -> BuildEnvironment:
+    """The full TensorRT (builder and ONNX parser) and a CUDA device, or one error naming what is missing."""
+    missing, trt, device = [], None, None
+    try:
+        trt = import_tensorrt(allow_lean=False)
+        if not hasattr(trt, "Builder") or not hasattr(trt, "OnnxParser"):
+            missing.append(f"TensorRT's builder and ONNX parser (found a runtime-only install; {INSTALL_TENSORRT})")
+    except MissingRequirementError:
+        missing.append(f"TensorRT ({INSTALL_TENSORRT})")
+    try:
+        device = cuda_device(device_index)
+    except MissingRequirementError as exc:
+        missing.append(f"a CUDA device ({GET_GPU}; cuda-python says: {exc.received})")
+    if missing:
+        raise MissingRequirementError("fusionrt build", "TensorRT and a CUDA GPU on this machine",
+                                      "missing " + " and ".join(missing) + "; nothing was written")
+    assert trt is not None and device is not None
+    return BuildEnvironment(trt, device, polygraphy_build_plan)
+
+
+class _Tee(io.TextIOBase):
+    """Write to the real stdout and keep a copy, so parser errors Polygraphy logs end up in our error."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.copy = stream, io.StringIO()
+
+    def write(self, text: str) -> int:
+        self.copy.write(text)
+        return self.stream.write(text)
+
+
+def polygraphy_build_plan(onnx_path: Path, config: Any, timing_cache: Path) -> bytes:
+    """Polygraphy: ``NetworkFromOnnxPath(strongly_typed=True)`` -> ``EngineBytesFromNetwork`` (saves the cache)."""
+    from polygraphy.backend.trt import EngineBytesFromNetwork, NetworkFromOnnxPath
+    from polygraphy.exception import PolygraphyException
+
+    tee = _Tee(sys.stdout)
+    try:
+        with contextlib.redirect_stdout(tee):
+            network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)
+            return bytes(EngineBytesFromNetwork(network, config=config, save_timing_cache=str(timing_cache))())
+    except PolygraphyException as exc:
+        # Polygraphy logs each parser error (node name, operator, description) before raising.
+        logged = [line.strip() for line in tee.copy.getvalue().splitlines() if "ERROR" in line or "node" in line]
+        raise BuildError(onnx_path.name, "a graph TensorRT parses and builds",
+                         f"{exc}" + (f" | {' | '.join(logged[-10:])}" if logged else "")) from exc
+
+
+def build_engines(bundle_dir: str | Path, precision: str, *, graphs: Sequence[str] | None = None,
+                  profile_specs: Sequence[Mapping[str, tuple[int, int, int]]] = (),
+                  options: BuildOptions | None = None, progress: Progress = SILENT,
+                  environment: BuildEnvironment | None = None) -> list[BuiltEngine]:
+    """Build an engine of every graph (or of ``graphs``) that has ``precision``; record them in the manifest."""
+    env = environment or require_build_environment()
+    options = options or BuildOptions()
+    bundle = Bundle.open(bundle_dir)
+    names = list(graphs) if graphs else [g for g, spec in bundle.graphs.items() if precision in spec.precisions]
+    if not names:
+        raise InputError("--precision", f"a precision some graph of the bundle has "
+                         f"({ {g: sorted(s.precisions) for g, s in bundle.graphs.items()} })", repr(precision))
+    specs = [bundle.graph(n) for n in names]
+    unknown = unknown_symbols(specs, profile_specs)
+    if unknown:
+        raise InputError("--profiles", f"dims of the graphs built ({sorted({s for g in specs for s in g.dims})})",
+                         f"unknown dims {unknown}")
+    version = env.tensorrt_version
+    cache = Path(options.timing_cache) if options.timing_cache else bundle.path / timing_cache_filename(env.device,
+                                                                                                         version)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    built = []
+    for graph in progress.iterate(specs, f"build {precision}", unit="engine"):
+        onnx_path = bundle.graph_path(graph.name, precision)
+        profiles = profiles_for(graph, profile_specs)
+        config = create_config(env.trt, graph, profiles, options, cache)
+        start = time.perf_counter()
+        plan = env.build_plan(onnx_path, config, cache)
+        seconds = time.perf_counter() - start
+        if not plan:
+            raise BuildError(onnx_path.name, "a serialized engine", "nothing (the builder returned no plan)")
+        file = engine_filename(graph.name, precision, env.device, version)
+        atomic_write_bytes(bundle.path / file, plan)
+        onnx_file = onnx_path.relative_to(bundle.path).as_posix()
+        entry = EngineEntry(
+            file=file, graph=graph.name, precision=precision, tensorrt=version, gpu=env.device.name,
+            compute_capability=env.device.compute_capability, version_compatible=options.version_compatible,
+            profiles=[p.to_dict() for p in profiles], onnx_file=onnx_file,
+            onnx_sha256=bundle.manifest["files"][onnx_file]["sha256"], plan_sha256=sha256_file(bundle.path / file),
+            build_seconds=round(seconds, 3), builder_options={**options.to_dict(), "timing_cache": str(cache)},
+        )
+        built.append(BuiltEngine(entry, len(plan), seconds))
+        progress.note(f"{file}: {len(plan) / 2**20:.1f} MiB in {seconds:.1f} s")
+    section = dict(bundle.manifest.get(SECTION) or {})
+    section.update({b.entry.file: b.entry.to_dict() for b in built})
+    update_manifest(bundle.path, files=[b.entry.file for b in built], sections={SECTION: section})
+    return built

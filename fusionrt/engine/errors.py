@@ -1,0 +1,20 @@
+"""Errors of engine building and loading, in the ``name: expected ..., received ...`` form."""
+
+from __future__ import annotations
+
+from fusionrt.runtime.errors import BackendError
+
+
+class MissingRequirementError(BackendError):
+    """TensorRT, its builder, cuda-python or a CUDA device is missing; the message says how to get it."""
+
+
+class BuildError(BackendError):
+    """Polygraphy / TensorRT could not parse the graph or build the engine (parser errors included)."""
+
+
+# How to get what is missing, per platform (one line each: the CLI prints the error on one line).
+INSTALL_TENSORRT = ("on Jetson: JetPack 6's apt packages (sudo apt install nvidia-jetpack: TensorRT 10.3); "
+                    "elsewhere: pip uninstall onnxruntime && pip install \"fusionrt[gpu]\"")
+INSTALL_CUDA_PYTHON = "pip install \"cuda-python>=12\" with the major version of the machine's CUDA (12 on JetPack 6)"
+GET_GPU = "a machine with an NVIDIA GPU and its driver (check with nvidia-smi)"

@@ -1,0 +1,114 @@
+"""Optimization profiles: min / opt / max of each dynamic dim, from the manifest or a ``--profiles`` spec.
+
+A profile is kept per dim symbol (``{"B": (1, 1, 16), "T": ...}``) because that is how the manifest
+states ranges; :meth:`ShapeProfile.input_shapes` turns it into per-input shapes for TensorRT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fusionrt.errors import InputError
+from fusionrt.runtime.spec import GraphSpec
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ShapeProfile:
+    """``dims``: symbol -> (min, opt, max) for every dynamic dim of one graph."""
+
+    dims: Mapping[str, tuple[int, int, int]]
+
+    def input_shapes(self, graph: GraphSpec) -> dict[str, tuple[Shape, Shape, Shape]]:
+        """Input name -> (min shape, opt shape, max shape)."""
+        out = {}
+        for tensor in graph.inputs:
+            shapes = tuple(tuple(d if isinstance(d, int) else self.dims[d][k] for d in tensor.shape)
+                           for k in range(3))
+            out[tensor.name] = shapes
+        return out
+
+    def to_dict(self) -> dict[str, list[int]]:
+        return {s: list(r) for s, r in self.dims.items()}
+
+    def describe(self) -> str:
+        return ", ".join(f"{s}={lo}:{opt}:{hi}" for s, (lo, opt, hi) in self.dims.items())
+
+
+def default_profile(graph: GraphSpec) -> ShapeProfile:
+    """One profile spanning the manifest's ranges, tuned for its ``opt`` sizes."""
+    return ShapeProfile({s: (r.min, r.opt, r.max) for s, r in graph.dims.items()})
+
+
+def parse_spec(text: str) -> dict[str, tuple[int, int, int]]:
+    """``"B=1:1:8,T=4:16:32"`` -> ``{"B": (1, 1, 8), "T": (4, 16, 32)}``; ``B=8`` means 8:8:8."""
+    dims = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        symbol, _, values = part.partition("=")
+        try:
+            numbers = tuple(int(v) for v in values.split(":"))
+        except ValueError:
+            numbers = ()
+        if not symbol.strip() or len(numbers) not in (1, 3):
+            raise InputError("--profiles", "DIM=MIN:OPT:MAX[,DIM=...] (or DIM=SIZE), e.g. B=1:1:8", repr(text))
+        dims[symbol.strip()] = numbers * 3 if len(numbers) == 1 else numbers
+    if not dims:
+        raise InputError("--profiles", "DIM=MIN:OPT:MAX[,DIM=...], e.g. B=1:1:8", repr(text))
+    return dims
+
+
+def profiles_for(graph: GraphSpec, specs: Sequence[Mapping[str, tuple[int, int, int]]] = ()) -> list[ShapeProfile]:
+    """The profiles of ``graph``: one per spec that names any of its dims (the rest from the manifest), or
+    the manifest's single profile. A spec outside the manifest's range is refused."""
+    base = default_profile(graph)
+    profiles = []
+    for spec in specs:
+        own = {s: r for s, r in spec.items() if s in graph.dims}
+        if not own:
+            continue
+        for symbol, (lo, opt, hi) in own.items():
+            allowed = graph.dims[symbol]
+            if not allowed.min <= lo <= opt <= hi <= allowed.max:
+                raise InputError(f"profile dim {symbol} of graph {graph.name!r}",
+                                 f"min <= opt <= max inside the manifest's range [{allowed.min}, {allowed.max}]",
+                                 f"{lo}:{opt}:{hi}")
+        profiles.append(ShapeProfile({**base.dims, **own}))
+    return profiles or [base]
+
+
+def unknown_symbols(graphs: Iterable[GraphSpec], specs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Dims named in ``specs`` that no graph has (a typo the build should refuse)."""
+    known = {s for g in graphs for s in g.dims}
+    return sorted({s for spec in specs for s in spec if s not in known})
+
+
+def polygraphy_profiles(graph: GraphSpec, profiles: Sequence[ShapeProfile]) -> list[Any]:
+    """``polygraphy.backend.trt.Profile`` objects: every input of the graph, min/opt/max shapes."""
+    from polygraphy.backend.trt import Profile
+
+    out = []
+    for profile in profiles:
+        trt_profile = Profile()
+        for name, (lo, opt, hi) in profile.input_shapes(graph).items():
+            trt_profile.add(name, lo, opt, hi)
+        out.append(trt_profile)
+    return out
+
+
+def covering_profile(ranges: Sequence[Mapping[str, tuple[Shape, Shape]]], shapes: Mapping[str, Shape]) -> int | None:
+    """Index of the first profile whose ``{input: (min shape, max shape)}`` covers ``shapes``, or None."""
+    for index, profile in enumerate(ranges):
+        if all(len(shapes[name]) == len(lo) and all(a <= s <= b for a, s, b in zip(lo, shapes[name], hi, strict=True))
+               for name, (lo, hi) in profile.items()):
+            return index
+    return None
+
+
+def describe_ranges(ranges: Sequence[Mapping[str, tuple[Shape, Shape]]]) -> str:
+    """``profile 0: input_ids [1,1]..[16,16]; ...`` for error messages."""
+    return " | ".join(
+        f"profile {i}: " + ", ".join(f"{name} {list(lo)}..{list(hi)}" for name, (lo, hi) in profile.items())
+        for i, profile in enumerate(ranges))

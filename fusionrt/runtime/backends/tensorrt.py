@@ -1,0 +1,236 @@
+"""TensorRT backend: runs a plan recorded in the bundle's manifest, through the named-tensor API.
+
+Thin on purpose: only names present in both TensorRT lean listings (10.15 and 11.4) and the full 10.3
+listing are used (tests/test_tensorrt_api_names.py checks this from the AST). Order of activation:
+cuda-python device check (a ``trt.Runtime`` without a driver crashes Python on its first method call),
+then the manifest comparison (TensorRT version, GPU, compute capability, hashes), and only then
+deserialization, with the TensorRT logger captured so a failure says why.
+
+Each concurrent caller gets its own execution context, stream and buffers from a pool (a context is
+not thread-safe). Optional CUDA graphs are captured per (profile, shapes, buffer addresses).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from fusionrt.engine.cuda import DeviceBuffer, GraphLauncher, Stream
+from fusionrt.engine.device import DeviceInfo, check, cuda_device, import_cudart
+from fusionrt.engine.entries import EngineEntry, build_command, select_engine
+from fusionrt.engine.profiles import Shape, covering_profile, describe_ranges
+from fusionrt.engine.versions import import_tensorrt, is_lean, version_of
+from fusionrt.runtime.bundle import Bundle
+from fusionrt.runtime.errors import BackendError
+from fusionrt.runtime.runner import Runner
+
+DEFAULT_MAX_CONTEXTS = 4
+
+
+def capturing_logger(trt: ModuleType) -> Any:
+    """A ``trt.ILogger`` that keeps warnings and errors, so a failed deserialization can say why."""
+
+    class CapturingLogger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.messages: list[str] = []
+            self._keep = (trt.ILogger.INTERNAL_ERROR, trt.ILogger.ERROR, trt.ILogger.WARNING)
+
+        def log(self, severity: Any, msg: str) -> None:
+            if severity in self._keep:
+                self.messages.append(str(msg))
+
+    return CapturingLogger()
+
+
+def numpy_dtypes(trt: ModuleType) -> dict[Any, np.dtype]:
+    return {trt.DataType.FLOAT: np.dtype("float32"), trt.DataType.HALF: np.dtype("float16"),
+            trt.DataType.INT8: np.dtype("int8"), trt.DataType.INT32: np.dtype("int32"),
+            trt.DataType.INT64: np.dtype("int64"), trt.DataType.BOOL: np.dtype("bool"),
+            trt.DataType.UINT8: np.dtype("uint8")}
+
+
+class EngineTensors:
+    """Names, dtypes and per-profile (min, max) input shapes, read once from the engine."""
+
+    def __init__(self, trt: ModuleType, engine: Any) -> None:
+        dtypes = numpy_dtypes(trt)
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        self.inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.dtypes = {n: dtypes.get(engine.get_tensor_dtype(n)) for n in names}
+        self.ranges: list[dict[str, tuple[Shape, Shape]]] = []
+        for index in range(engine.num_optimization_profiles):
+            shapes = {n: [tuple(int(d) for d in s) for s in engine.get_tensor_profile_shape(n, index)]
+                      for n in self.inputs}
+            self.ranges.append({n: (s[0], s[2]) for n, s in shapes.items()})
+
+
+class ContextSlot:
+    """One execution context with its own stream, buffers and CUDA graph."""
+
+    def __init__(self, cudart: ModuleType, engine: Any, tensors: EngineTensors, cuda_graphs: bool) -> None:
+        self.cudart = cudart
+        self.context = engine.create_execution_context()
+        if self.context is None:
+            raise BackendError("execution context", "one more context (device memory for activations)",
+                               "None from create_execution_context (out of GPU memory?)")
+        self.tensors = tensors
+        self.stream = Stream(cudart)
+        self.buffers = {n: DeviceBuffer(cudart) for n in (*tensors.inputs, *tensors.outputs)}
+        self.launcher = GraphLauncher(cudart) if cuda_graphs else None
+        self.profile: int | None = None
+
+    def run(self, profile: int, feed: dict[str, np.ndarray], messages: list[str]) -> dict[str, np.ndarray]:
+        context, stream = self.context, self.stream
+        if profile != self.profile:
+            if not context.set_optimization_profile_async(profile, stream.ptr):
+                raise BackendError("optimization profile", f"profile {profile} selectable", "refused")
+            self.profile = profile
+        arrays = {}
+        for name in self.tensors.inputs:
+            array = np.ascontiguousarray(feed[name], dtype=self.tensors.dtypes[name])
+            if not context.set_input_shape(name, array.shape):
+                raise BackendError(f"input {name}", f"a shape profile {profile} accepts", str(array.shape))
+            arrays[name] = array
+        unresolved = context.infer_shapes()
+        if unresolved:
+            raise BackendError("input shapes", "every output shape resolvable", f"unresolved {list(unresolved)}")
+        outputs = {}
+        for name in self.tensors.outputs:
+            outputs[name] = np.empty(tuple(int(d) for d in context.get_tensor_shape(name)), self.tensors.dtypes[name])
+        for name, array in (*arrays.items(), *outputs.items()):
+            self.buffers[name].reserve(array.nbytes)
+            context.set_tensor_address(name, self.buffers[name].ptr)
+        for name, array in arrays.items():
+            self.buffers[name].upload(array, stream)
+        enqueue = lambda: bool(context.execute_async_v3(stream.ptr))  # noqa: E731 - one call, named for reuse
+        if self.launcher is None:
+            ok = enqueue()
+        else:
+            key = (profile, tuple(a.shape for a in arrays.values()), tuple(b.ptr for b in self.buffers.values()))
+            ok = self.launcher.run(key, enqueue, stream)
+        if not ok:
+            raise BackendError("execute_async_v3", "a successful enqueue", f"failure ({' | '.join(messages[-5:])})")
+        for name, array in outputs.items():
+            self.buffers[name].download(array, stream)
+        stream.synchronize()
+        return outputs
+
+    def release(self) -> None:
+        if self.launcher is not None:
+            self.launcher.release()
+        for buffer in self.buffers.values():
+            buffer.free()
+        self.stream.destroy()
+        self.context = None
+
+
+class ContextPool:
+    """Up to ``limit`` slots; a caller takes an idle one or makes one, and waits when all are busy."""
+
+    def __init__(self, make: Any, limit: int) -> None:
+        self._make, self._limit = make, limit
+        self._idle: list[ContextSlot] = []
+        self.slots: list[ContextSlot] = []
+        self._ready = threading.Condition()
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[ContextSlot]:
+        with self._ready:
+            while not self._idle and len(self.slots) >= self._limit:
+                self._ready.wait()
+            if self._idle:
+                slot = self._idle.pop()
+            else:
+                slot = self._make()
+                self.slots.append(slot)
+        try:
+            yield slot
+        finally:
+            with self._ready:
+                self._idle.append(slot)
+                self._ready.notify()
+
+    def release(self) -> None:
+        with self._ready:
+            for slot in self.slots:
+                slot.release()
+            self.slots, self._idle = [], []
+
+
+class TensorRTRunner(Runner):
+    """Options: ``device`` (CUDA index, default 0), ``cuda_graphs`` (default False), ``max_contexts``
+    (concurrent callers, default 4)."""
+
+    backend = "tensorrt"
+
+    def __init__(self, bundle: Bundle, graph: str = "fusion", precision: str = "fp32", *, device: int = 0,
+                 cuda_graphs: bool = False, max_contexts: int = DEFAULT_MAX_CONTEXTS) -> None:
+        super().__init__(bundle, graph, precision)
+        if max_contexts < 1:
+            raise BackendError("max_contexts", "at least 1", repr(max_contexts))
+        self._device_index, self._cuda_graphs, self._max_contexts = device, cuda_graphs, max_contexts
+        self.device: DeviceInfo | None = None
+        self.entry: EngineEntry | None = None
+        self.pool: ContextPool | None = None
+        self._engine: Any = None
+
+    def activate_impl(self) -> None:
+        cudart = import_cudart()
+        self.device = device = cuda_device(self._device_index, cudart)  # before any TensorRT object exists
+        trt = import_tensorrt(allow_lean=True)
+        entry = select_engine(self.bundle, self.graph.name, self.precision, version_of(trt), device, is_lean(trt))
+        plan = (self.bundle.path / entry.file).read_bytes()
+        digest = hashlib.sha256(plan).hexdigest()
+        if digest != entry.plan_sha256:
+            raise BackendError(entry.file, f"sha256 {entry.plan_sha256} as recorded at build",
+                               f"sha256 {digest} (altered after the bundle was opened); rebuild: "
+                               f"{build_command(self.bundle, self.graph.name, self.precision)}")
+        check(cudart, cudart.cudaSetDevice(device.index), "cudaSetDevice")
+        logger = capturing_logger(trt)
+        runtime = trt.Runtime(logger)
+        if entry.version_compatible:
+            runtime.engine_host_code_allowed = True  # a version-compatible plan carries its own host code
+        engine = runtime.deserialize_cuda_engine(plan)
+        if engine is None:
+            raise BackendError(entry.file, f"a plan TensorRT {version_of(trt)} deserializes on {device.name}",
+                               f"a failure: {' | '.join(logger.messages[-5:]) or 'no message from TensorRT'}; "
+                               f"rebuild: {build_command(self.bundle, self.graph.name, self.precision)}")
+        tensors = EngineTensors(trt, engine)
+        declared = ([t.name for t in self.graph.inputs], [t.name for t in self.graph.outputs])
+        if (sorted(tensors.inputs), sorted(tensors.outputs)) != tuple(sorted(x) for x in declared):
+            raise BackendError(entry.file, f"inputs/outputs {declared} as in manifest.json",
+                               f"{tensors.inputs} / {tensors.outputs}")
+        self._runtime, self._engine, self._tensors, self._logger, self.entry = runtime, engine, tensors, logger, entry
+        self.pool = ContextPool(lambda: ContextSlot(cudart, engine, tensors, self._cuda_graphs), self._max_contexts)
+
+    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        assert self.pool is not None
+        shapes = {name: tuple(array.shape) for name, array in feed.items()}
+        profile = covering_profile(self._tensors.ranges, shapes)
+        if profile is None:
+            raise BackendError("input shapes", f"shapes inside one profile of {self.entry.file}: "
+                               f"{describe_ranges(self._tensors.ranges)}",
+                               ", ".join(f"{n} {list(s)}" for n, s in shapes.items()))
+        with self.pool.slot() as slot:
+            outputs = slot.run(profile, feed, self._logger.messages)
+        return {t.name: outputs[t.name].astype(t.np_dtype, copy=False) for t in self.graph.outputs}
+
+    def deactivate_impl(self) -> None:
+        if self.pool is not None:
+            self.pool.release()
+        self.pool = self._engine = self._runtime = None
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        if self.entry is not None and self.device is not None:
+            info.update(engine=self.entry.file, tensorrt=self.entry.tensorrt, device=self.device.name,
+                        compute_capability=self.device.compute_capability, cuda_graphs=self._cuda_graphs)
+        return info

@@ -1,0 +1,19 @@
+"""A tiny exported bundle for engine and TensorRT tests (fp32 graphs, ONNX Runtime computes the fake engine)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TINY_SIZES = dict(vocab_size=50, visual_dim=12, max_text_len=16, max_visual_len=8, max_batch=16)
+
+
+def export_tiny_bundle(directory: Path) -> Path:
+    import torch
+
+    from fusionrt.export import export_onnx
+    from fusionrt.model import FusionConfig, FusionModel
+
+    torch.manual_seed(0)
+    config = FusionConfig(vocab_size=50, hidden=32, layers=2, heads=4, ffn=64, visual_dim=12, num_answers=7,
+                          max_text_len=16, max_visual_len=8)
+    return Path(export_onnx(FusionModel(config).eval(), directory, **TINY_SIZES))
