@@ -1,0 +1,227 @@
+"""The TensorRT backend's logic against the contract fakes (tensorrt generated from the 11.4 listing, cudart
+checked against cuda-python): results equal ONNX Runtime's, profile choice and refusal, manifest mismatch
+refusals before deserialization, context pool under threads, buffer growth, CUDA graphs, no-device refusal."""
+
+import shutil
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fakes.bundles import export_tiny_bundle
+from fakes.fake_cudart import FakeCudart
+from fakes.fake_tensorrt import fake_build_plan, make_fake_tensorrt
+
+import fusionrt.runtime.backends.tensorrt as backend
+from fusionrt.calibration.manifest import update_manifest
+from fusionrt.engine.build import BuildEnvironment, build_engines
+from fusionrt.engine.config import BuildOptions
+from fusionrt.engine.device import cuda_device
+from fusionrt.engine.entries import SECTION
+from fusionrt.engine.profiles import parse_spec
+from fusionrt.parity import fusion_feed
+from fusionrt.runtime import BackendError, Bundle, Session
+
+BUCKETS = [parse_spec("B=1:1:4"), parse_spec("B=5:8:8")]  # B 9..16 is in the manifest but in no profile
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A tiny bundle with fake-built fp32 engines: two B buckets for fusion, for an H100 on TensorRT 11.4."""
+    bundle = export_tiny_bundle(tmp_path_factory.mktemp("trt") / "bundle")
+    cudart = FakeCudart()
+    build_engines(bundle, "fp32", profile_specs=BUCKETS,
+                  environment=BuildEnvironment(make_fake_tensorrt(cudart), cuda_device(0, cudart), fake_build_plan))
+    return bundle
+
+
+@pytest.fixture
+def copy(built, tmp_path):
+    return Path(shutil.copytree(built, tmp_path / "copy"))
+
+
+@pytest.fixture(scope="module")
+def reference(built):
+    return Session(built, backend="onnxruntime")
+
+
+def install(monkeypatch, cudart=None, **fake):
+    """Put a fake tensorrt in sys.modules and a fake cudart behind the backend; return (trt, cudart)."""
+    cudart = cudart or FakeCudart()
+    trt = make_fake_tensorrt(cudart, **fake)
+    monkeypatch.setitem(sys.modules, trt.__name__, trt)
+    if trt.__name__ != "tensorrt":
+        monkeypatch.setitem(sys.modules, "tensorrt", None)  # only the lean runtime is installed
+    monkeypatch.setattr(backend, "import_cudart", lambda: cudart)
+    return trt, cudart
+
+
+def feed(session, batch, text=6, visual=3, seed=0):
+    return fusion_feed(session.runner.graph, batch, text, visual, np.random.default_rng(seed))
+
+
+def assert_same(outputs, expected):
+    assert outputs.keys() == expected.keys()
+    for name in expected:
+        np.testing.assert_allclose(outputs[name], expected[name], rtol=1e-5, atol=1e-6)
+
+
+def test_results_match_onnxruntime_and_each_batch_uses_its_profile(built, reference, monkeypatch):
+    install(monkeypatch)
+    with Session(built, backend="tensorrt") as session:
+        assert session.describe()["engine"].startswith("engines/fusion.fp32.nvidia-h100")
+        for batch, profile in ((1, 0), (4, 0), (5, 1), (8, 1), (2, 0)):
+            data = feed(session, batch, seed=batch)
+            assert_same(session.run(data), reference.run(data))
+            (slot,) = session.runner.pool.slots
+            assert (slot.profile, slot.context.active_optimization_profile) == (profile, profile)
+
+
+def test_feed_outside_every_profile_is_refused_with_the_ranges(built, monkeypatch):
+    install(monkeypatch)
+    with Session(built, backend="tensorrt") as session, pytest.raises(BackendError) as info:
+        session.run(feed(session, 12))  # B=12 is inside the manifest's range, not inside any profile
+    message = str(info.value)
+    assert "input_ids [12, 6]" in message
+    assert "profile 0: input_ids [1, 1]..[4, 16]" in message and "profile 1: input_ids [5, 1]..[8, 16]" in message
+
+
+@pytest.mark.parametrize(("fake", "cudart", "engine_side", "machine_side"), [
+    ({"version": "10.3.0"}, {}, "engine 11.4.0.106", "this machine 10.3.0"),
+    ({}, {"name": "NVIDIA A100-SXM4-80GB", "capability": (9, 0)}, "engine NVIDIA H100 80GB HBM3",
+     "this machine NVIDIA A100-SXM4-80GB"),
+    ({}, {"name": "NVIDIA H100 80GB HBM3", "capability": (8, 7)}, "engine 9.0", "this GPU 8.7"),
+])
+def test_version_gpu_and_compute_capability_mismatch_refused_before_deserializing(
+        built, monkeypatch, fake, cudart, engine_side, machine_side):
+    trt, _ = install(monkeypatch, FakeCudart(**cudart), **fake)
+    with pytest.raises(BackendError) as info:
+        Session(built, backend="tensorrt")
+    message = str(info.value)
+    assert engine_side in message and machine_side in message
+    assert f"fusionrt build {built} --precision fp32 --graph fusion" in message
+    assert trt._runtimes == []  # compared before any Runtime existed
+
+
+def _edit_entry(bundle, **changes):
+    manifest = Bundle.open(bundle).manifest
+    section = manifest[SECTION]
+    file = next(f for f, e in section.items() if e["graph"] == "fusion")
+    section[file].update(changes)
+    update_manifest(bundle, sections={SECTION: section})
+    return file
+
+
+def test_source_graph_or_plan_hash_mismatch_refused_naming_both(copy, monkeypatch):
+    trt, _ = install(monkeypatch)
+    _edit_entry(copy, onnx_sha256="ab" * 32)
+    with pytest.raises(BackendError, match=r"fusionrt build .*engine built from sha256 abababababab, "
+                                           r"bundle has [0-9a-f]{12}"):
+        Session(copy, backend="tensorrt")
+    onnx_sha = Bundle.open(copy).manifest["files"]["fusion.onnx"]["sha256"]
+    _edit_entry(copy, onnx_sha256=onnx_sha, plan_sha256="cd" * 32)
+    with pytest.raises(BackendError, match=r"entry says sha256 cdcdcdcdcdcd, files lists [0-9a-f]{12}"):
+        Session(copy, backend="tensorrt")
+    assert trt._runtimes == []
+
+
+def test_failed_deserialization_reports_the_tensorrt_log(copy, monkeypatch):
+    install(monkeypatch)
+    file = _edit_entry(copy)
+    (copy / file).write_bytes(b"not a plan")
+    update_manifest(copy, files=[file])
+    _edit_entry(copy, plan_sha256=Bundle.open(copy).manifest["files"][file]["sha256"])
+    with pytest.raises(BackendError, match=r"Magic tag does not match.*rebuild: fusionrt build"):
+        Session(copy, backend="tensorrt")
+
+
+def test_no_device_refused_by_real_cuda_python_before_tensorrt(built, monkeypatch):
+    runtime = pytest.importorskip("cuda.bindings.runtime")
+    err, count = runtime.cudaGetDeviceCount()
+    if int(err) == 0 and count:
+        pytest.skip("this machine has a CUDA device")
+    trt, _ = install(monkeypatch)
+    monkeypatch.setattr(backend, "import_cudart", lambda: runtime)  # the real cuda-python
+    with pytest.raises(BackendError, match=r"CUDA device: expected a machine with an NVIDIA GPU.*"
+                                           r"cudaErrorInsufficientDriver \(35\)"):
+        Session(built, backend="tensorrt")
+    assert trt._runtimes == []
+
+
+def test_context_pool_gives_each_concurrent_caller_its_own_context(built, reference, monkeypatch):
+    install(monkeypatch, delay=0.01)
+    feeds = [feed(reference, 1 + i % 8, seed=i) for i in range(24)]
+    expected = [reference.run(f) for f in feeds]
+    errors, results = [], [None] * len(feeds)
+    with Session(built, backend="tensorrt", max_contexts=3) as session:
+
+        def work(worker):
+            try:
+                for i in range(worker, len(feeds), 6):
+                    results[i] = session.run(feeds[i])
+            except BaseException as exc:  # a shared context raises AssertionError in the fake
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(w,)) for w in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        assert 2 <= len(session.runner.pool.slots) <= 3
+    for got, want in zip(results, expected, strict=True):
+        assert_same(got, want)
+
+
+def test_buffers_grow_only_when_a_larger_feed_arrives(built, monkeypatch):
+    _, cudart = install(monkeypatch)
+    with Session(built, backend="tensorrt") as session:
+        session.run(feed(session, 4, text=8))
+        first = cudart.mallocs
+        assert first == 6  # four inputs and two outputs
+        session.run(feed(session, 2, text=4))
+        session.run(feed(session, 4, text=8))
+        assert cudart.mallocs == first  # smaller and equal feeds reuse the buffers
+        session.run(feed(session, 8, text=8))
+        assert cudart.mallocs > first and cudart.frees == cudart.mallocs - first
+    assert cudart.frees == cudart.mallocs  # close releases everything
+
+
+def test_cuda_graph_captured_per_shape_and_replayed(built, reference, monkeypatch):
+    _, cudart = install(monkeypatch)
+    with Session(built, backend="tensorrt", cuda_graphs=True) as session:
+        a, b = feed(session, 2, seed=1), feed(session, 3, seed=2)
+        assert_same(session.run(a), reference.run(a))
+        assert (cudart.captures, cudart.launches) == (1, 0)  # the warm-up enqueue gave this call's results
+        a2 = feed(session, 2, seed=3)  # same shapes, new values: the graph replays on new data
+        assert_same(session.run(a2), reference.run(a2))
+        assert (cudart.captures, cudart.launches) == (1, 1)
+        assert_same(session.run(b), reference.run(b))  # shape change: recapture
+        assert cudart.captures == 2
+        assert_same(session.run(a), reference.run(a))
+        assert (cudart.captures, cudart.launches) == (3, 1)
+
+
+def test_cuda_graph_capture_failure_falls_back_to_plain_enqueue(built, reference, monkeypatch):
+    trt, cudart = install(monkeypatch, capture_fails=True)
+    with Session(built, backend="tensorrt", cuda_graphs=True) as session:
+        for seed in range(3):
+            data = feed(session, 2, seed=seed)
+            assert_same(session.run(data), reference.run(data))
+        assert (cudart.captures, cudart.launches) == (0, 0)
+        assert trt._contexts[0]._runs == 3
+
+
+def test_lean_runtime_loads_only_version_compatible_engines(copy, reference, monkeypatch):
+    install(monkeypatch, listing="trt_lean_11.4.0.106.txt", module_name="tensorrt_lean")
+    with pytest.raises(BackendError, match=r"lean runtime .* loads only engines built --version-compatible"):
+        Session(copy, backend="tensorrt")
+    cudart = FakeCudart()
+    build_engines(copy, "fp32", graphs=["fusion"], options=BuildOptions(version_compatible=True),
+                  environment=BuildEnvironment(make_fake_tensorrt(cudart), cuda_device(0, cudart), fake_build_plan))
+    trt, _ = install(monkeypatch, listing="trt_lean_11.4.0.106.txt", module_name="tensorrt_lean")
+    with Session(copy, backend="tensorrt") as session:
+        data = feed(session, 3)
+        assert_same(session.run(data), reference.run(data))
+    assert trt._runtimes[0].engine_host_code_allowed is True
