@@ -224,7 +224,8 @@ def test_onnxruntime_backend_does_not_import_torch(bundle):
 
 
 def test_unknown_backend_lists_the_backends(bundle):
-    with pytest.raises(BackendError, match=r"backend: expected one of \['onnxruntime', 'torch'\], received 'trt'"):
+    with pytest.raises(BackendError,
+                       match=r"backend: expected one of \['onnxruntime', 'tensorrt', 'torch'\], received 'trt'"):
         Session(bundle, "trt")
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from fusionrt.runtime.backends.ort_providers import CPU, captured_stdout, check_providers, provider_list
 from fusionrt.runtime.bundle import Bundle
 from fusionrt.runtime.errors import BackendError, BundleError
 from fusionrt.runtime.runner import Runner
@@ -37,7 +38,7 @@ def default_providers() -> list[str]:
 
 
 def session_from_onnx(path: str | Path, *, providers: list[str] | None = None, threads: int | None = None,
-                      optimization: str = "all") -> Any:
+                      optimization: str = "all", provider_options: list[dict[str, Any]] | None = None) -> Any:
     """An ``onnxruntime.InferenceSession`` for ``path``; a file ORT cannot load raises :class:`BundleError`."""
     ort = import_onnxruntime()
     if optimization not in OPTIMIZATION_LEVELS:
@@ -48,27 +49,51 @@ def session_from_onnx(path: str | Path, *, providers: list[str] | None = None, t
     if threads is not None:
         options.intra_op_num_threads = threads
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=providers or default_providers())
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers or default_providers(),
+                                    provider_options=provider_options)
     except Exception as exc:  # onnxruntime raises pybind exceptions (InvalidProtobuf, Fail, ...) without a base
         raise BundleError(Path(path).name, "an ONNX model onnxruntime can load",
                           f"a file it refuses ({type(exc).__name__}: {str(exc).strip()[:300]})") from exc
 
 
 class OnnxRuntimeRunner(Runner):
-    """Options: ``providers`` (default CUDA if present, then CPU), ``threads`` (intra-op), ``optimization``."""
+    """Options: ``providers`` (short names ``tensorrt`` / ``cuda`` / ``cpu`` or ORT's full names; default CUDA if
+    this onnxruntime has it, then CPU), ``provider_options`` (provider -> options, names validated; TensorRT's
+    profile shapes and caches come from the manifest), ``allow_fallback`` (warn instead of refusing when a GPU
+    provider that was asked for does not load), ``threads`` (intra-op), ``optimization``."""
 
     backend = "onnxruntime"
 
     def __init__(self, bundle: Bundle, graph: str = "fusion", precision: str = "fp32", *,
-                 providers: list[str] | None = None, threads: int | None = None, optimization: str = "all") -> None:
+                 providers: list[str] | None = None, threads: int | None = None, optimization: str = "all",
+                 provider_options: dict[str, dict[str, Any]] | None = None, allow_fallback: bool = False) -> None:
         super().__init__(bundle, graph, precision)
-        self._options = {"providers": providers, "threads": threads, "optimization": optimization}
+        self._options = {"threads": threads, "optimization": optimization}
+        # None: the defaults, which may fall back (nothing was asked for); a list: exactly these, checked
+        self._providers = None if providers is None else provider_list(providers, bundle, self.graph, precision,
+                                                                       provider_options)
+        self._allow_fallback = allow_fallback
         self._path = bundle.graph_path(graph, precision)
         self._output_names = [t.name for t in self.graph.outputs]
         self.session: Any = None
 
+    def _open_session(self) -> Any:
+        if self._providers is None:
+            return session_from_onnx(self._path, **self._options)
+        requested = [name for name, _ in self._providers]
+        available = import_onnxruntime().get_available_providers()
+        loadable = [(n, o) for n, o in self._providers if n in available]
+        # ORT would warn and drop a provider this build lacks; refuse (or warn) first, naming it
+        check_providers(requested, [n for n, _ in loadable], [], available, self._allow_fallback)
+        loadable = loadable or [(CPU, {})]
+        with captured_stdout() as printed:
+            session = session_from_onnx(self._path, providers=[n for n, _ in loadable],
+                                        provider_options=[o for _, o in loadable], **self._options)
+        check_providers(requested, session.get_providers(), printed, available, self._allow_fallback)
+        return session
+
     def activate_impl(self) -> None:
-        session = session_from_onnx(self._path, **self._options)
+        session = self._open_session()
         declared = {t.name: _ORT_TYPES[t.dtype] for t in (*self.graph.inputs, *self.graph.outputs)}
         found = {v.name: v.type for v in (*session.get_inputs(), *session.get_outputs())}
         if declared != found:
