@@ -11,9 +11,11 @@ import importlib.metadata
 import platform
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import fusionrt
+from fusionrt.errors import FusionrtError
 from fusionrt.runtime.session import BACKENDS
 
 # import name -> distribution names to ask for a version (the first installed one wins).
@@ -24,10 +26,12 @@ PACKAGES = {
     "onnxscript": ("onnxscript",),
     "torch": ("torch",),
     "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu13"),
+    "tensorrt_lean": ("tensorrt-lean", "tensorrt-lean-cu12", "tensorrt-lean-cu13", "tensorrt_lean"),
+    "cuda.bindings": ("cuda-bindings", "cuda-python"),
     "polygraphy": ("polygraphy",),
 }
-# backend -> packages it imports
-BACKEND_PACKAGES = {"onnxruntime": ("onnxruntime",), "torch": ("torch",)}
+# backend -> packages it imports (tensorrt: either TensorRT package, checked in _tensorrt_backend)
+BACKEND_PACKAGES = {"onnxruntime": ("onnxruntime",), "torch": ("torch",), "tensorrt": ("cuda.bindings",)}
 
 
 def _distribution_version(names: tuple[str, ...]) -> str | None:
@@ -85,9 +89,47 @@ def _torch_cuda(packages: dict[str, dict[str, Any]]) -> dict[str, Any]:
         return {"checked": True, "available": False, "error": f"{type(exc).__name__}: {exc}"}
 
 
-def diagnose(check_torch: bool = True) -> dict[str, Any]:
+def _cuda_device(packages: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The CUDA device as the TensorRT backend sees it (cuda-python), or why there is none."""
+    if not packages["cuda.bindings"]["importable"]:
+        return {"found": False, "error": "cuda-python not importable"}
+    from fusionrt.engine.device import cuda_device
+
+    try:
+        return {"found": True, **cuda_device().to_dict()}
+    except FusionrtError as exc:
+        return {"found": False, "error": str(exc.received) if hasattr(exc, "received") else str(exc)}
+
+
+def tensorrt_engines(bundle_dir: str | Path, packages: dict[str, dict[str, Any]],
+                     device: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each engine the bundle records, and whether it would load here (or why not)."""
+    from fusionrt.engine.device import DeviceInfo
+    from fusionrt.engine.entries import engine_entries, mismatches
+    from fusionrt.runtime.bundle import Bundle
+
+    bundle = Bundle.open(bundle_dir)
+    name = "tensorrt" if packages["tensorrt"]["importable"] else "tensorrt_lean"
+    version = packages[name]["version"] if packages[name]["importable"] else None
+    out = []
+    for entry in engine_entries(bundle):
+        row: dict[str, Any] = {"file": entry.file, "graph": entry.graph, "precision": entry.precision,
+                               "built_for": entry.describe()}
+        if version is None or not device.get("found"):
+            row["loads"] = None
+            row["why"] = ["cannot check: " + ("no TensorRT here" if version is None else "no CUDA device here")]
+        else:
+            here = DeviceInfo(device["index"], device["name"], device["compute_capability"], device["memory_bytes"])
+            row["why"] = mismatches(entry, bundle, str(version), here, lean=name == "tensorrt_lean")
+            row["loads"] = not row["why"]
+        out.append(row)
+    return out
+
+
+def diagnose(check_torch: bool = True, bundle: str | Path | None = None) -> dict[str, Any]:
     """The doctor's findings as a JSON-ready dict. ``check_torch=False`` skips importing torch (slow to
-    import); its ``importable`` and its backend's ``available`` are then ``None``."""
+    import); its ``importable`` and its backend's ``available`` are then ``None``. With ``bundle``, also
+    which of its TensorRT engines would load here."""
     packages = {name: package_status(name) for name in PACKAGES if check_torch or name != "torch"}
     if not check_torch:
         version = _distribution_version(PACKAGES["torch"])
@@ -99,8 +141,11 @@ def diagnose(check_torch: bool = True) -> dict[str, Any]:
         missing = [p for p in needs if not packages[p]["importable"]]
         unchecked = [p for p in needs if packages[p]["importable"] is None]
         backends[backend] = {"available": None if unchecked else not missing, "missing": missing}
-    backends["tensorrt"] = {"available": False, "missing": [],
-                            "note": "not a fusionrt backend yet (planned)"}
+    device = _cuda_device(packages)
+    trt_ok = packages["tensorrt"]["importable"] or packages["tensorrt_lean"]["importable"]
+    missing = [*([] if trt_ok else ["tensorrt"]), *backends["tensorrt"]["missing"],
+               *([] if device["found"] else ["a CUDA device"])]
+    backends["tensorrt"] = {"available": not missing, "missing": missing}
     providers: list[str] | str = "onnxruntime not importable"
     if packages["onnxruntime"]["importable"]:
         import onnxruntime
@@ -117,6 +162,8 @@ def diagnose(check_torch: bool = True) -> dict[str, Any]:
         "gpus": {"nvidia_smi": _nvidia_smi(), "torch_cuda": _torch_cuda(packages)},
         "tensorrt": trt["version"] if trt["importable"] else ("not installed" if not trt["installed"] else
                                                                f"installed but not importable: {trt['error']}"),
+        "cuda_device": device,
+        **({"engines": tensorrt_engines(bundle, packages, device)} if bundle is not None else {}),
     }
 
 
@@ -126,12 +173,12 @@ def render(report: dict[str, Any]) -> str:
     for name, p in report["packages"].items():
         state = ("not installed" if not p["installed"] else "ok" if p["importable"] else
                  "installed, import not checked" if p["importable"] is None else f"BROKEN: {p['error']}")
-        lines.append(f"  {name:<12} {p['version'] or '-':<16} {state}")
+        lines.append(f"  {name:<14} {p['version'] or '-':<16} {state}")
     lines.append("backends:")
     for name, b in report["backends"].items():
         state = ("available" if b["available"] else "not checked" if b["available"] is None else
-                 b.get("note") or f"missing {', '.join(b['missing'])}")
-        lines.append(f"  {name:<12} {state}")
+                 f"missing {', '.join(b['missing'])}")
+        lines.append(f"  {name:<14} {state}")
     providers = report["onnxruntime_providers"]
     lines.append(f"onnxruntime providers: {', '.join(providers) if isinstance(providers, list) else providers}")
     smi = report["gpus"]["nvidia_smi"]
@@ -143,5 +190,15 @@ def render(report: dict[str, Any]) -> str:
     cuda = report["gpus"]["torch_cuda"]
     if cuda.get("checked"):
         lines.append(f"torch CUDA: {'available ' + str(cuda.get('devices')) if cuda.get('available') else 'no'}")
-    lines.append(f"TensorRT: {report['tensorrt']}")
+    lean = report["packages"].get("tensorrt_lean", {})
+    lines.append(f"TensorRT: {report['tensorrt']}" + (f" (lean runtime {lean['version']})" if lean.get("importable")
+                                                     else ""))
+    device = report["cuda_device"]
+    lines.append(f"CUDA device (cuda-python): {device['name']}, compute capability {device['compute_capability']}"
+                 if device["found"] else f"CUDA device (cuda-python): none ({device['error']})")
+    if "engines" in report:
+        lines.append("engines of the bundle:" if report["engines"] else "engines of the bundle: none (fusionrt build)")
+        for row in report["engines"]:
+            state = "would load" if row["loads"] else "would NOT load" if row["loads"] is False else "unknown"
+            lines.append(f"  {row['file']}: {state}" + (f" ({'; '.join(row['why'])})" if row["why"] else ""))
     return "\n".join(lines)
