@@ -158,3 +158,18 @@ def test_engines_dir_linked_out_of_the_bundle_is_refused(copy, tmp_path):
     os.symlink(outside, copy / "engines")
     with pytest.raises(BundleError, match="a file inside the bundle"):
         Bundle.open(copy)
+
+
+def test_cli_build_reports_size_time_profiles_and_the_cross_check(copy, capsys, monkeypatch):
+    import fusionrt.engine.build as build
+
+    monkeypatch.setattr(build, "require_build_environment", fake_environment)
+    assert main(["build", str(copy), "--precision", "fp32", "--graph", "fusion", "--profiles", "B=1:1:4",
+                 "--profiles", "B=5:8:16", "--opt-level", "2", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "engines/fusion.fp32.nvidia-h100-80gb-hbm3.trt11.4.0.106.plan:" in out and " MiB, built in " in out
+    assert "B=1:1:4" in out and "B=5:8:16" in out
+    assert "cross-check: polygraphy run" in out and "--trt-max-shapes 'input_ids:[4,16]'" in out
+    (entry,) = engine_entries(Bundle.open(copy))
+    assert entry.builder_options["opt_level"] == 2
+    assert main(["build", str(copy), "--profiles", "B=1:2", "-q"]) == 2  # a malformed spec is bad usage

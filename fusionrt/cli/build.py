@@ -27,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from fusionrt.engine.build import build_engines, require_build_environment
     from fusionrt.engine.config import DEFAULT_OPT_LEVEL, DEFAULT_WORKSPACE_MB, BuildOptions
+    from fusionrt.engine.crosscheck import command_text, polygraphy_command
     from fusionrt.engine.profiles import parse_spec
     from fusionrt.progress import progress_for
 
@@ -39,9 +40,15 @@ def run(args: argparse.Namespace) -> int:
     environment = require_build_environment()  # before anything is read or written
     built = build_engines(args.bundle, args.precision, graphs=args.graph, profile_specs=specs, options=options,
                           progress=progress_for(args.quiet), environment=environment)
+    from fusionrt.engine.profiles import ShapeProfile
+    from fusionrt.runtime.bundle import Bundle
+
+    bundle = Bundle.open(args.bundle, verify=False)
     for engine in built:
         e = engine.entry
         print(f"{e.file}: {engine.plan_bytes / 2**20:.1f} MiB, built in {engine.seconds:.1f} s "
               f"(TensorRT {e.tensorrt}, {e.gpu}, compute {e.compute_capability}, profiles "
               f"{'; '.join(', '.join(f'{s}={lo}:{o}:{hi}' for s, (lo, o, hi) in p.items()) for p in e.profiles)})")
+        profile = ShapeProfile({s: tuple(r) for s, r in e.profiles[0].items()})
+        print(f"  cross-check: {command_text(polygraphy_command(bundle, e.graph, e.precision, profile))}")
     return 0
