@@ -225,3 +225,36 @@ def test_lean_runtime_loads_only_version_compatible_engines(copy, reference, mon
         data = feed(session, 3)
         assert_same(session.run(data), reference.run(data))
     assert trt._runtimes[0].engine_host_code_allowed is True
+
+
+def test_torch_tensors_go_in_and_out_without_a_host_copy(built, reference, monkeypatch):
+    """The fake's device memory is host memory, so CPU tensors stand in for CUDA ones (device check relaxed)."""
+    import torch
+
+    _, cudart = install(monkeypatch)
+    monkeypatch.setattr(backend, "_on_device", lambda tensor: True)
+    with Session(built, backend="tensorrt") as session:
+        data = feed(session, 3, seed=5)
+        tensors = {n: torch.from_numpy(a.copy()) for n, a in data.items()}
+        before = cudart.mallocs
+        stream = cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking)[1]
+        out = session.runner.infer_torch(tensors, stream=int(stream))
+        assert cudart.mallocs == before  # no staging buffers: the tensors' own memory is bound
+        assert_same({n: t.numpy() for n, t in out.items()}, reference.run(data))
+        with pytest.raises(BackendError, match="profile 0"):
+            session.runner.infer_torch({n: torch.from_numpy(a) for n, a in feed(session, 12).items()}, stream=1)
+
+
+def test_torch_path_refuses_host_tensors_and_wrong_dtypes(built, monkeypatch):
+    import torch
+
+    from fusionrt.runtime import InputError
+
+    install(monkeypatch)
+    with Session(built, backend="tensorrt") as session:
+        tensors = {n: torch.from_numpy(a) for n, a in feed(session, 2).items()}
+        with pytest.raises(InputError, match=r"a contiguous CUDA tensor of torch\.int64"):
+            session.runner.infer_torch(tensors, stream=1)  # real check: these live on the CPU
+        monkeypatch.setattr(backend, "_on_device", lambda tensor: True)
+        with pytest.raises(InputError, match=r"visual_feats: expected a contiguous CUDA tensor of torch\.float32"):
+            session.runner.infer_torch({**tensors, "visual_feats": tensors["visual_feats"].double()}, stream=1)

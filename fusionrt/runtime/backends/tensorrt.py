@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from types import ModuleType
 from typing import Any
 
@@ -27,7 +27,7 @@ from fusionrt.engine.entries import EngineEntry, build_command, select_engine
 from fusionrt.engine.profiles import Shape, covering_profile, describe_ranges
 from fusionrt.engine.versions import import_tensorrt, is_lean, version_of
 from fusionrt.runtime.bundle import Bundle
-from fusionrt.runtime.errors import BackendError
+from fusionrt.runtime.errors import BackendError, InputError
 from fusionrt.runtime.runner import Runner
 
 DEFAULT_MAX_CONTEXTS = 4
@@ -87,24 +87,27 @@ class ContextSlot:
         self.launcher = GraphLauncher(cudart) if cuda_graphs else None
         self.profile: int | None = None
 
-    def run(self, profile: int, feed: dict[str, np.ndarray], messages: list[str]) -> dict[str, np.ndarray]:
-        context, stream = self.context, self.stream
+    def prepare(self, profile: int, shapes: Mapping[str, tuple[int, ...]], stream_ptr: int) -> dict[str, Shape]:
+        """Select ``profile``, set the input shapes; return each output's shape."""
+        context = self.context
         if profile != self.profile:
-            if not context.set_optimization_profile_async(profile, stream.ptr):
+            if not context.set_optimization_profile_async(profile, stream_ptr):
                 raise BackendError("optimization profile", f"profile {profile} selectable", "refused")
             self.profile = profile
-        arrays = {}
         for name in self.tensors.inputs:
-            array = np.ascontiguousarray(feed[name], dtype=self.tensors.dtypes[name])
-            if not context.set_input_shape(name, array.shape):
-                raise BackendError(f"input {name}", f"a shape profile {profile} accepts", str(array.shape))
-            arrays[name] = array
+            if not context.set_input_shape(name, shapes[name]):
+                raise BackendError(f"input {name}", f"a shape profile {profile} accepts", str(shapes[name]))
         unresolved = context.infer_shapes()
         if unresolved:
             raise BackendError("input shapes", "every output shape resolvable", f"unresolved {list(unresolved)}")
-        outputs = {}
-        for name in self.tensors.outputs:
-            outputs[name] = np.empty(tuple(int(d) for d in context.get_tensor_shape(name)), self.tensors.dtypes[name])
+        return {name: tuple(int(d) for d in context.get_tensor_shape(name)) for name in self.tensors.outputs}
+
+    def run(self, profile: int, feed: dict[str, np.ndarray], messages: list[str]) -> dict[str, np.ndarray]:
+        """Host arrays in and out, through this slot's own device buffers and stream."""
+        context, stream = self.context, self.stream
+        arrays = {n: np.ascontiguousarray(feed[n], dtype=self.tensors.dtypes[n]) for n in self.tensors.inputs}
+        shapes = self.prepare(profile, {n: a.shape for n, a in arrays.items()}, stream.ptr)
+        outputs = {n: np.empty(shape, self.tensors.dtypes[n]) for n, shape in shapes.items()}
         for name, array in (*arrays.items(), *outputs.items()):
             self.buffers[name].reserve(array.nbytes)
             context.set_tensor_address(name, self.buffers[name].ptr)
@@ -121,6 +124,19 @@ class ContextSlot:
         for name, array in outputs.items():
             self.buffers[name].download(array, stream)
         stream.synchronize()
+        return outputs
+
+    def run_device(self, profile: int, feed: Mapping[str, Any], stream_ptr: int, empty: Any,
+                   messages: list[str]) -> dict[str, Any]:
+        """Device tensors in (``data_ptr()``), device tensors out (made by ``empty(name, shape)``), enqueued on the
+        caller's stream without a host copy or a synchronization."""
+        context = self.context
+        shapes = self.prepare(profile, {n: tuple(feed[n].shape) for n in self.tensors.inputs}, stream_ptr)
+        outputs = {n: empty(n, shape) for n, shape in shapes.items()}
+        for name, tensor in (*feed.items(), *outputs.items()):
+            context.set_tensor_address(name, int(tensor.data_ptr()))
+        if not context.execute_async_v3(stream_ptr):
+            raise BackendError("execute_async_v3", "a successful enqueue", f"failure ({' | '.join(messages[-5:])})")
         return outputs
 
     def release(self) -> None:
@@ -163,6 +179,10 @@ class ContextPool:
             for slot in self.slots:
                 slot.release()
             self.slots, self._idle = [], []
+
+
+def _on_device(tensor: Any) -> bool:
+    return getattr(getattr(tensor, "device", None), "type", None) == "cuda"
 
 
 class TensorRTRunner(Runner):
@@ -211,17 +231,49 @@ class TensorRTRunner(Runner):
         self._runtime, self._engine, self._tensors, self._logger, self.entry = runtime, engine, tensors, logger, entry
         self.pool = ContextPool(lambda: ContextSlot(cudart, engine, tensors, self._cuda_graphs), self._max_contexts)
 
-    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        assert self.pool is not None
-        shapes = {name: tuple(array.shape) for name, array in feed.items()}
+    def _profile_for(self, shapes: Mapping[str, Shape]) -> int:
+        """The first profile covering ``shapes``; outside all of them, an error listing their ranges."""
         profile = covering_profile(self._tensors.ranges, shapes)
         if profile is None:
             raise BackendError("input shapes", f"shapes inside one profile of {self.entry.file}: "
                                f"{describe_ranges(self._tensors.ranges)}",
                                ", ".join(f"{n} {list(s)}" for n, s in shapes.items()))
+        return profile
+
+    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        assert self.pool is not None
+        shapes = {name: tuple(array.shape) for name, array in feed.items()}
+        profile = self._profile_for(shapes)
         with self.pool.slot() as slot:
             outputs = slot.run(profile, feed, self._logger.messages)
         return {t.name: outputs[t.name].astype(t.np_dtype, copy=False) for t in self.graph.outputs}
+
+    def infer_torch(self, feed: Mapping[str, Any], stream: int | None = None) -> dict[str, Any]:
+        """Torch CUDA tensors in and out, no host copy: enqueued on ``stream`` (default: torch's current stream),
+        not synchronized. Checks names, device, dtype and the profile; values are not validated (use ``infer``)."""
+        import torch
+
+        if not self._active:
+            self.activate()
+        tensors = self._tensors
+        if sorted(feed) != sorted(tensors.inputs):
+            raise InputError("feed", f"torch tensors named {tensors.inputs}", str(sorted(feed)))
+        for name in tensors.inputs:
+            tensor, dtype = feed[name], getattr(torch, tensors.dtypes[name].name)
+            if not _on_device(tensor) or tensor.dtype != dtype or not tensor.is_contiguous():
+                raise InputError(name, f"a contiguous CUDA tensor of {dtype}",
+                                 f"{getattr(tensor, 'dtype', type(tensor).__name__)} on "
+                                 f"{getattr(tensor, 'device', '?')} (contiguous: {tensor.is_contiguous()})")
+        shapes = {name: tuple(tensor.shape) for name, tensor in feed.items()}
+        profile = self._profile_for(shapes)
+        device = next(iter(feed.values())).device
+        stream_ptr = int(torch.cuda.current_stream(device).cuda_stream) if stream is None else int(stream)
+
+        def empty(name: str, shape: Shape) -> Any:
+            return torch.empty(shape, dtype=getattr(torch, tensors.dtypes[name].name), device=device)
+
+        with self.pool.slot() as slot:
+            return slot.run_device(profile, feed, stream_ptr, empty, self._logger.messages)
 
     def deactivate_impl(self) -> None:
         if self.pool is not None:
