@@ -173,3 +173,42 @@ def test_cli_build_reports_size_time_profiles_and_the_cross_check(copy, capsys, 
     (entry,) = engine_entries(Bundle.open(copy))
     assert entry.builder_options["opt_level"] == 2
     assert main(["build", str(copy), "--profiles", "B=1:2", "-q"]) == 2  # a malformed spec is bad usage
+
+
+def test_polygraphy_path_without_tensorrt_is_a_build_error_on_one_line(bundle):
+    """The real Polygraphy loaders: without TensorRT they stop at their lazy import."""
+    from fusionrt.engine.build import polygraphy_build_plan
+    from fusionrt.engine.errors import BuildError
+
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed")
+    except ImportError:
+        pass
+    with pytest.raises(BuildError) as info:
+        polygraphy_build_plan(Path(bundle) / "fusion.onnx", None, Path(bundle) / "unused.cache")
+    assert "fusion.onnx" in str(info.value) and "tensorrt" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_parser_errors_logged_by_polygraphy_end_up_in_the_build_error(bundle, monkeypatch):
+    """Polygraphy logs each parser error (node, operator) through its logger, then raises: both reach our error."""
+    import polygraphy.backend.trt as polygraphy_trt
+    from polygraphy.logger import G_LOGGER
+
+    from fusionrt.engine.build import polygraphy_build_plan
+    from fusionrt.engine.errors import BuildError
+
+    class FailingBuild:
+        def __init__(self, network, config=None, save_timing_cache=None):
+            pass
+
+        def __call__(self):
+            G_LOGGER.error("In node 17 with name: /layers.0/attn/MatMul_1 and operator: MatMul (parseNode): "
+                           "INVALID_NODE: unsupported input type")
+            G_LOGGER.critical("Could not parse ONNX correctly")
+
+    monkeypatch.setattr(polygraphy_trt, "EngineBytesFromNetwork", FailingBuild)
+    with pytest.raises(BuildError, match=r"Could not parse ONNX correctly \| .*name: /layers\.0/attn/MatMul_1 and "
+                                         r"operator: MatMul"):
+        polygraphy_build_plan(Path(bundle) / "fusion.onnx", None, Path(bundle) / "unused.cache")

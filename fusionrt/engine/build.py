@@ -96,9 +96,11 @@ def polygraphy_build_plan(onnx_path: Path, config: Any, timing_cache: Path) -> b
             return bytes(EngineBytesFromNetwork(network, config=config, save_timing_cache=str(timing_cache))())
     except PolygraphyException as exc:
         # Polygraphy logs each parser error (node name, operator, description) before raising.
-        logged = [line.strip() for line in tee.copy.getvalue().splitlines() if "ERROR" in line or "node" in line]
+        logged = [line.strip() for line in tee.copy.getvalue().splitlines()
+                  if line.lstrip().startswith("[E]") or "ERROR" in line or " node " in line]
+        text = " ".join(str(exc).split())  # one line: the CLI prints errors on one line
         raise BuildError(onnx_path.name, "a graph TensorRT parses and builds",
-                         f"{exc}" + (f" | {' | '.join(logged[-10:])}" if logged else "")) from exc
+                         text + (f" | {' | '.join(logged[-10:])}" if logged else "")) from exc
 
 
 def build_engines(bundle_dir: str | Path, precision: str, *, graphs: Sequence[str] | None = None,
