@@ -26,6 +26,9 @@ from typing import Any
 
 import numpy as np
 
+# Run as a script from any directory: the repository root must be importable even without an install.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 BATCHES = (1, 8, 32)
 TEXT, VISUAL = 16, 8
 BLOCKS, CALLS_PER_BLOCK, WARMUP, PAUSE_S = 5, 20, 10, 0.05

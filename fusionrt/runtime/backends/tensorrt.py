@@ -64,7 +64,12 @@ class EngineTensors:
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self.inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        self.dtypes = {n: dtypes.get(engine.get_tensor_dtype(n)) for n in names}
+        found = {n: engine.get_tensor_dtype(n) for n in names}
+        unknown = {n: str(d) for n, d in found.items() if d not in dtypes}
+        if unknown:
+            raise BackendError("engine inputs/outputs", "float32, float16, int8, int32, int64, bool or uint8 tensors",
+                               str(unknown))
+        self.dtypes = {n: dtypes[d] for n, d in found.items()}
         self.ranges: list[dict[str, tuple[Shape, Shape]]] = []
         for index in range(engine.num_optimization_profiles):
             shapes = {n: [tuple(int(d) for d in s) for s in engine.get_tensor_profile_shape(n, index)]
