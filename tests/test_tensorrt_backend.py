@@ -149,29 +149,45 @@ def test_no_device_refused_by_real_cuda_python_before_tensorrt(built, monkeypatc
     assert trt._runtimes == []
 
 
-def test_context_pool_gives_each_concurrent_caller_its_own_context(built, reference, monkeypatch):
+def _hammer(session, feeds, workers=6):
+    """Run ``feeds`` from ``workers`` threads; return (results in feed order, exceptions raised)."""
+    errors, results = [], [None] * len(feeds)
+
+    def work(worker):
+        try:
+            for i in range(worker, len(feeds), workers):
+                results[i] = session.run(feeds[i])
+        except BaseException as exc:  # the fake raises AssertionError on a shared context or profile
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, errors
+
+
+@pytest.mark.parametrize(("buckets", "max_contexts", "most_slots"), [
+    (BUCKETS, 3, 2),  # two different profiles: at most two calls at once, whatever max_contexts says
+    ([parse_spec("B=1:1:8")] * 3, 3, 3),  # three identical profiles: three contexts run side by side
+    ([parse_spec("B=1:1:8")] * 3, 2, 2),  # ... capped by max_contexts
+    ([], 4, 1),  # the manifest's one profile: calls take turns on one context
+])
+def test_context_pool_never_shares_a_context_or_a_running_profile(copy, reference, monkeypatch, buckets,
+                                                                   max_contexts, most_slots):
+    cudart = FakeCudart()
+    build_engines(copy, "fp32", graphs=["fusion"], profile_specs=buckets,
+                  environment=BuildEnvironment(make_fake_tensorrt(cudart), cuda_device(0, cudart), fake_build_plan))
     install(monkeypatch, delay=0.01)
     feeds = [feed(reference, 1 + i % 8, seed=i) for i in range(24)]
-    expected = [reference.run(f) for f in feeds]
-    errors, results = [], [None] * len(feeds)
-    with Session(built, backend="tensorrt", max_contexts=3) as session:
-
-        def work(worker):
-            try:
-                for i in range(worker, len(feeds), 6):
-                    results[i] = session.run(feeds[i])
-            except BaseException as exc:  # a shared context raises AssertionError in the fake
-                errors.append(exc)
-
-        threads = [threading.Thread(target=work, args=(w,)) for w in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+    with Session(copy, backend="tensorrt", max_contexts=max_contexts) as session:
+        results, errors = _hammer(session, feeds)
         assert not errors, errors
-        assert 2 <= len(session.runner.pool.slots) <= 3
-    for got, want in zip(results, expected, strict=True):
-        assert_same(got, want)
+        slots = len(session.runner.pool.slots)
+        assert slots == most_slots if most_slots == 1 else 2 <= slots <= most_slots
+    for got, data in zip(results, feeds, strict=True):
+        assert_same(got, reference.run(data))
 
 
 def test_buffers_grow_only_when_a_larger_feed_arrives(built, monkeypatch):

@@ -98,13 +98,14 @@ def polygraphy_profiles(graph: GraphSpec, profiles: Sequence[ShapeProfile]) -> l
     return out
 
 
-def covering_profile(ranges: Sequence[Mapping[str, tuple[Shape, Shape]]], shapes: Mapping[str, Shape]) -> int | None:
-    """Index of the first profile whose ``{input: (min shape, max shape)}`` covers ``shapes``, or None."""
-    for index, profile in enumerate(ranges):
-        if all(len(shapes[name]) == len(lo) and all(a <= s <= b for a, s, b in zip(lo, shapes[name], hi, strict=True))
-               for name, (lo, hi) in profile.items()):
-            return index
-    return None
+def covering_profiles(ranges: Sequence[Mapping[str, tuple[Shape, Shape]]], shapes: Mapping[str, Shape]) -> list[int]:
+    """Indices of the profiles whose ``{input: (min shape, max shape)}`` cover ``shapes`` (may be empty)."""
+
+    def inside(shape: Shape, lo: Shape, hi: Shape) -> bool:
+        return len(shape) == len(lo) and all(a <= s <= b for a, s, b in zip(lo, shape, hi, strict=True))
+
+    return [index for index, profile in enumerate(ranges)
+            if all(inside(shapes[name], lo, hi) for name, (lo, hi) in profile.items())]
 
 
 def describe_ranges(ranges: Sequence[Mapping[str, tuple[Shape, Shape]]]) -> str:

@@ -80,6 +80,8 @@ class _EngineBehaviour:
         engine = cls.__new__(cls)
         engine._spec = spec
         engine._tensors = spec["tensors"]
+        engine._running: set[int] = set()  # profiles of contexts executing now
+        engine._running_lock = threading.Lock()
         return engine
 
     @property
@@ -172,6 +174,13 @@ class _ContextBehaviour:
     def _run(self, shapes: dict[str, tuple[int, ...]], addresses: dict[str, int]) -> bool:
         if not self._busy.acquire(blocking=False):
             raise AssertionError("fake TensorRT: one execution context used by two threads at once")
+        engine = self._engine
+        with engine._running_lock:
+            if self._profile in engine._running:
+                self._busy.release()
+                raise AssertionError(f"fake TensorRT: two contexts run on profile {self._profile} at once "
+                                     "(contexts in concurrent use must use different profiles)")
+            engine._running.add(self._profile)
         try:
             fake = _module_of(self)
             time.sleep(fake._delay)
@@ -188,6 +197,8 @@ class _ContextBehaviour:
             self._runs += 1
             return True
         finally:
+            with engine._running_lock:
+                engine._running.discard(self._profile)
             self._busy.release()
 
 

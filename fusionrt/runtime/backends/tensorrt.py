@@ -7,7 +7,8 @@ then the manifest comparison (TensorRT version, GPU, compute capability, hashes)
 deserialization, with the TensorRT logger captured so a failure says why.
 
 Each concurrent caller gets its own execution context, stream and buffers from a pool (a context is
-not thread-safe). Optional CUDA graphs are captured per (profile, shapes, buffer addresses).
+not thread-safe), and a profile no other running call holds (TensorRT: contexts in concurrent use must
+use different optimization profiles). Optional CUDA graphs are captured per (profile, shapes, buffer addresses).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -24,7 +25,7 @@ import numpy as np
 from fusionrt.engine.cuda import DeviceBuffer, GraphLauncher, Stream
 from fusionrt.engine.device import DeviceInfo, check, cuda_device, import_cudart
 from fusionrt.engine.entries import EngineEntry, build_command, select_engine
-from fusionrt.engine.profiles import Shape, covering_profile, describe_ranges
+from fusionrt.engine.profiles import Shape, covering_profiles, describe_ranges
 from fusionrt.engine.versions import import_tensorrt, is_lean, version_of
 from fusionrt.runtime.bundle import Bundle
 from fusionrt.runtime.errors import BackendError, InputError
@@ -154,30 +155,49 @@ class ContextSlot:
 
 
 class ContextPool:
-    """Up to ``limit`` slots; a caller takes an idle one or makes one, and waits when all are busy."""
+    """Up to ``limit`` slots. TensorRT's rule: contexts in concurrent use must use different optimization
+    profiles. So a caller gets a slot together with a profile that covers its feed and that no running call
+    holds (a slot already on that profile if one is idle), and waits otherwise. Build several identical
+    profiles (``--profiles B=1:1:64 --profiles B=1:1:64``) for several concurrent callers of one shape range."""
 
     def __init__(self, make: Any, limit: int) -> None:
         self._make, self._limit = make, limit
         self._idle: list[ContextSlot] = []
+        self._busy_profiles: set[int] = set()
         self.slots: list[ContextSlot] = []
         self._ready = threading.Condition()
 
+    def _take(self, profiles: Sequence[int]) -> tuple[ContextSlot, int] | None:
+        free = [p for p in profiles if p not in self._busy_profiles]
+        if not free or (not self._idle and len(self.slots) >= self._limit):
+            return None
+        for profile in free:  # an idle slot already on a free profile avoids a profile switch
+            for slot in self._idle:
+                if slot.profile == profile:
+                    self._idle.remove(slot)
+                    return slot, profile
+        if self._idle:
+            return self._idle.pop(), free[0]
+        slot = self._make()
+        self.slots.append(slot)
+        return slot, free[0]
+
     @contextlib.contextmanager
-    def slot(self) -> Iterator[ContextSlot]:
+    def slot(self, profiles: Sequence[int]) -> Iterator[tuple[ContextSlot, int]]:
+        """A slot and one of ``profiles`` (those covering the feed), held until the block ends."""
         with self._ready:
-            while not self._idle and len(self.slots) >= self._limit:
+            taken = self._take(profiles)
+            while taken is None:
                 self._ready.wait()
-            if self._idle:
-                slot = self._idle.pop()
-            else:
-                slot = self._make()
-                self.slots.append(slot)
+                taken = self._take(profiles)
+            self._busy_profiles.add(taken[1])
         try:
-            yield slot
+            yield taken
         finally:
             with self._ready:
-                self._idle.append(slot)
-                self._ready.notify()
+                self._idle.append(taken[0])
+                self._busy_profiles.discard(taken[1])
+                self._ready.notify_all()
 
     def release(self) -> None:
         with self._ready:
@@ -236,20 +256,19 @@ class TensorRTRunner(Runner):
         self._runtime, self._engine, self._tensors, self._logger, self.entry = runtime, engine, tensors, logger, entry
         self.pool = ContextPool(lambda: ContextSlot(cudart, engine, tensors, self._cuda_graphs), self._max_contexts)
 
-    def _profile_for(self, shapes: Mapping[str, Shape]) -> int:
-        """The first profile covering ``shapes``; outside all of them, an error listing their ranges."""
-        profile = covering_profile(self._tensors.ranges, shapes)
-        if profile is None:
+    def _profiles_for(self, shapes: Mapping[str, Shape]) -> list[int]:
+        """The profiles covering ``shapes``; outside all of them, an error listing their ranges."""
+        profiles = covering_profiles(self._tensors.ranges, shapes)
+        if not profiles:
             raise BackendError("input shapes", f"shapes inside one profile of {self.entry.file}: "
                                f"{describe_ranges(self._tensors.ranges)}",
                                ", ".join(f"{n} {list(s)}" for n, s in shapes.items()))
-        return profile
+        return profiles
 
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert self.pool is not None
         shapes = {name: tuple(array.shape) for name, array in feed.items()}
-        profile = self._profile_for(shapes)
-        with self.pool.slot() as slot:
+        with self.pool.slot(self._profiles_for(shapes)) as (slot, profile):
             outputs = slot.run(profile, feed, self._logger.messages)
         return {t.name: outputs[t.name].astype(t.np_dtype, copy=False) for t in self.graph.outputs}
 
@@ -270,14 +289,14 @@ class TensorRTRunner(Runner):
                                  f"{getattr(tensor, 'dtype', type(tensor).__name__)} on "
                                  f"{getattr(tensor, 'device', '?')} (contiguous: {tensor.is_contiguous()})")
         shapes = {name: tuple(tensor.shape) for name, tensor in feed.items()}
-        profile = self._profile_for(shapes)
+        profiles = self._profiles_for(shapes)
         device = next(iter(feed.values())).device
         stream_ptr = int(torch.cuda.current_stream(device).cuda_stream) if stream is None else int(stream)
 
         def empty(name: str, shape: Shape) -> Any:
             return torch.empty(shape, dtype=getattr(torch, tensors.dtypes[name].name), device=device)
 
-        with self.pool.slot() as slot:
+        with self.pool.slot(profiles) as (slot, profile):
             return slot.run_device(profile, feed, stream_ptr, empty, self._logger.messages)
 
     def deactivate_impl(self) -> None:
