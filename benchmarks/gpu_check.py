@@ -188,6 +188,35 @@ def benchmark(bundle: Path, trt_precisions: list[str]) -> dict[str, Any]:
     return {"T": TEXT, "M": VISUAL, "blocks": BLOCKS, "calls_per_block": CALLS_PER_BLOCK, "rows": rows}
 
 
+def plot(benchmark_result: dict[str, Any], out: Path) -> Path | None:
+    """Speed-up over PyTorch eager fp32 per engine and batch, as a grouped bar chart (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = {b: r["speedup_vs_torch_fp32"] for b, r in benchmark_result["rows"].items() if "speedup_vs_torch_fp32" in r}
+    if not rows:
+        return None
+    engines = list(next(iter(rows.values())))
+    width = 0.8 / len(engines)
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    for i, engine in enumerate(engines):
+        xs = [j + i * width for j in range(len(rows))]
+        ax.bar(xs, [r[engine] for r in rows.values()], width, label=engine)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(rows))], list(rows))
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_ylabel("speed-up over PyTorch eager fp32 (x)")
+    ax.set_title(f"fusion model, T={benchmark_result['T']}, M={benchmark_result['M']}, numpy in/out")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over the bars
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="benchmarks/gpu_check.json")
@@ -211,6 +240,9 @@ def main() -> int:
         result["tensorrt_built"] = built
         if facts["torch_cuda"]:
             result["benchmark"] = benchmark(bundle, built)
+            png = plot(result["benchmark"], Path(args.out).with_suffix(".png"))
+            if png is not None:
+                say(f"plotted {png}")
         else:
             say("torch has no CUDA: benchmark skipped")
     result["seconds"] = round(time.perf_counter() - START, 1)
