@@ -43,3 +43,14 @@ def test_fake_cudart_names_exist_in_real_cuda_python():
         for member in fake:
             assert int(getattr(real, member.name)) == int(member)
     assert int(runtime.cudaStreamNonBlocking) == FakeCudart.cudaStreamNonBlocking
+
+
+def test_fake_cudart_calls_take_the_real_parameters():
+    import inspect
+
+    runtime = pytest.importorskip("cuda.bindings.runtime")
+    for name, method in vars(FakeCudart).items():
+        if name.startswith("cuda") and callable(method) and not isinstance(method, type):
+            fake = list(inspect.signature(method).parameters)[1:]  # without self
+            real = list(inspect.signature(getattr(runtime, name)).parameters)
+            assert len(fake) == len(real), (name, fake, real)
