@@ -59,6 +59,7 @@ def test_tensorrt_provider_options_come_from_the_manifest(bundle):
     assert options["trt_profile_max_shapes"] == "input_ids:16x16,text_mask:16x16,visual_feats:16x8x12,visual_mask:16x8"
     assert options["trt_engine_cache_path"].startswith(str(opened.path))
     assert options["trt_fp16_enable"] is False and tensorrt_options(opened, graph, "fp16")["trt_fp16_enable"] is True
+    assert options["trt_int8_enable"] is False and tensorrt_options(opened, graph, "int8")["trt_int8_enable"] is True
 
 
 def test_silent_fallback_of_onnxruntime_gpu_is_caught_with_its_printed_reason(bundle, monkeypatch):

@@ -81,7 +81,8 @@ def _shapes(graph: GraphSpec, which: int) -> str:
 
 
 def tensorrt_options(bundle: Bundle, graph: GraphSpec, precision: str) -> dict[str, Any]:
-    """The TensorRT provider's options from the manifest: one profile over min/opt/max, caches under the bundle."""
+    """The TensorRT provider's options from the manifest: one profile over min/opt/max, caches under the bundle,
+    the precision flag of the graph's precision."""
     cache = str(bundle.path / ORT_TRT_CACHE_DIR)
     return {
         "trt_profile_min_shapes": _shapes(graph, 0), "trt_profile_opt_shapes": _shapes(graph, 1),
@@ -89,6 +90,9 @@ def tensorrt_options(bundle: Bundle, graph: GraphSpec, precision: str) -> dict[s
         "trt_engine_cache_enable": True, "trt_engine_cache_path": cache,
         "trt_timing_cache_enable": True, "trt_timing_cache_path": cache,
         "trt_fp16_enable": precision == "fp16",
+        # The provider builds weakly typed networks: a Q/DQ graph needs the INT8 flag (TensorRT refuses INT8
+        # layers otherwise) and no calibration table (its scales are in the graph; onnxruntime PR 8969).
+        "trt_int8_enable": precision == "int8",
     }
 
 
