@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 # Exit status when the comparison ran but a tolerance was exceeded (2 is for errors, see fusionrt.cli.main).
 EXIT_TOLERANCE_EXCEEDED = 1
@@ -34,19 +33,17 @@ def run(args: argparse.Namespace) -> int:
     from fusionrt.io import atomic_write_json
     from fusionrt.parity import Tolerance, run_parity
     from fusionrt.parity.report import json_safe
+    from fusionrt.progress import progress_for
 
     def options(backend: str) -> dict[str, str]:
         return {"checkpoint": args.checkpoint} if backend == "torch" and args.checkpoint else {}
-
-    def progress(text: str) -> None:
-        print(f"  {text}", file=sys.stderr, flush=True)
 
     report = run_parity(
         args.bundle, args.reference, args.candidate, reference_precision=args.reference_precision,
         candidate_precision=args.candidate_precision, scenes=args.scenes, seed=args.seed,
         tolerance=Tolerance(max_abs=args.atol, min_cosine=args.min_cosine, min_agreement=args.min_agreement),
         reference_options=options(args.reference), candidate_options=options(args.candidate),
-        progress=None if args.quiet else progress,
+        progress=progress_for(args.quiet),
     )
     print(report.table())
     if args.json:

@@ -6,7 +6,7 @@ or an adapter around a torch module), so backends and precisions are compared th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -14,6 +14,7 @@ import numpy as np
 
 from fusionrt.parity.grid import GridPoint
 from fusionrt.parity.metrics import array_metrics, worst
+from fusionrt.progress import SILENT, Progress
 
 
 class Runs(Protocol):
@@ -85,12 +86,13 @@ def _run(side: str, runner: Runs, feed: Mapping[str, np.ndarray]) -> tuple[dict[
 
 
 def compare_grid(graph: str, reference: Runs, candidate: Runs, points: Iterable[GridPoint],
-                 progress: Callable[[str], None] | None = None) -> GridResult:
-    """Run both sides at every point; compare every output the reference returns."""
+                 progress: Progress = SILENT, phase: str | None = None) -> GridResult:
+    """Run both sides at every point; compare every output the reference returns.
+
+    ``progress`` draws one bar named ``phase`` (default ``"<graph> grid"``) over the points.
+    """
     results = []
-    for point in points:
-        if progress is not None:
-            progress(f"{graph} {point.label}")
+    for point in progress.iterate(list(points), phase or f"{graph} grid", unit="shape"):
         result = PointResult(point.label, dict(point.sizes))
         ref, error = _run("reference", reference, point.feed)
         cand, cand_error = _run("candidate", candidate, point.feed) if ref is not None else (None, None)

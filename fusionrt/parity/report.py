@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 from fusionrt.parity.compare import GridResult, Tolerance, compare_grid
 from fusionrt.parity.grid import grid_points
 from fusionrt.parity.scenes import SceneResult, compare_scenes, heldout_questions
+from fusionrt.progress import SILENT, Progress
 from fusionrt.runtime.bundle import Bundle
 from fusionrt.runtime.session import Session
 
@@ -89,7 +89,7 @@ def run_parity(bundle: str | Path | Bundle, reference: str = "torch", candidate:
                reference_precision: str = "fp32", candidate_precision: str = "fp32", scenes: int = 200,
                tolerance: Tolerance | None = None, seed: int = 0, reference_options: dict[str, Any] | None = None,
                candidate_options: dict[str, Any] | None = None,
-               progress: Callable[[str], None] | None = None) -> ParityReport:
+               progress: Progress = SILENT) -> ParityReport:
     """Compare ``candidate`` against ``reference`` on every graph's shape grid and on ``scenes`` held-out scenes.
 
     Scenes need the bundle's region encoder and tokenizer; a bundle of a foreign fusion module is
@@ -106,9 +106,7 @@ def run_parity(bundle: str | Path | Bundle, reference: str = "torch", candidate:
              for graph in opened.graphs]
     scene_result = None
     if scenes > 0 and "region_encoder" in opened.graphs and "tokenizer.json" in opened.manifest["files"]:
-        if progress is not None:
-            progress(f"building {scenes} held-out scenes")
-        qa = heldout_questions(opened, scenes)
+        qa = heldout_questions(opened, scenes, progress=progress)
         batch = min(64, opened.graph("fusion").dims["B"].max)
         scene_result = compare_scenes(sides["reference"], sides["candidate"], qa,
                                       int(opened.model["visual_dim"]), batch, progress)
