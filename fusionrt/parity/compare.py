@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fusionrt.parity.gates import EVERY_OUTPUT, Gates, Limit
 from fusionrt.parity.grid import GridPoint
 from fusionrt.parity.metrics import array_metrics, worst
 from fusionrt.progress import SILENT, Progress
@@ -30,16 +31,16 @@ class Tolerance:
     min_cosine: float = 0.9999
     min_agreement: float = 0.99
 
+    def to_gates(self, source: str = "argument") -> Gates:
+        """These limits as parity :class:`Gates` (every output, and scenes' argmax agreement)."""
+        return Gates("fp32", {"max_abs": {EVERY_OUTPUT: Limit(self.max_abs, source)},
+                              "min_cosine": {EVERY_OUTPUT: Limit(self.min_cosine, source)}},
+                     {"min_agreement": Limit(self.min_agreement, source)})
+
     def output_failures(self, where: str, metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
-        out = []
-        for name, m in metrics.items():
-            if m["problem"]:
-                out.append(f"{where} {name}: {m['problem']}")
-            elif m["max_abs"] > self.max_abs:
-                out.append(f"{where} {name}: max abs error {m['max_abs']:.3g} > {self.max_abs:g}")
-            elif m["cosine"] < self.min_cosine:
-                out.append(f"{where} {name}: cosine {m['cosine']:.6f} < {self.min_cosine:g}")
-        return out
+        gates = self.to_gates()
+        return [f"{where} {failure.output}: {failure.message}" for name, m in metrics.items()
+                if (failure := gates.check_output(where, name, m)) is not None]
 
 
 @dataclass
