@@ -257,7 +257,7 @@ def test_cli_parity_fails_a_perturbed_int8_graph_with_a_short_message(bundle, tm
     assert status == 1
     verdict = printed[printed.index("FAILED"):].splitlines()[:-1]  # the last line says where the JSON went
     assert len(verdict) <= 1 + 2 * 6  # the verdict, then per output 5 worst points and one "... and N more"
-    assert "cosine >= 0.97 on hidden" in printed and "default for int8" in printed
+    assert "cosine >= 0.94 on hidden" in printed and "default for int8" in printed
     shown = [line for line in verdict if line.startswith("  fusion [")]
     assert shown and all("cosine" in line for line in shown)
     data = _strict(out.read_text())

@@ -9,7 +9,7 @@ import argparse
 
 # Exit status when the comparison ran but a gate broke (2 is for errors, see fusionrt.cli.main).
 EXIT_TOLERANCE_EXCEEDED = 1
-PER_OUTPUT = "[OUTPUT:]VALUE ..."
+PER_OUTPUT = "[OUTPUT:]VALUE"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -26,16 +26,19 @@ EVERY_OUTPUT = "*"
 OUTPUT_GATES = ("max_abs", "max_rel", "min_cosine")
 SCENE_GATES = ("min_agreement", "max_drop_points")
 FP32_GATES: dict[str, float] = {"max_abs": 1e-4, "min_cosine": 0.9999, "min_agreement": 0.99}
-# Worst cosine measured per precision and output on the shipped model (fusionrt parity over the 27-shape
-# fusion grid, the 9-shape region-encoder grid and 200 held-out scenes; benchmarks/RESULTS.md "Parity gates"),
-# with the distance to 1 doubled and rounded down: a floor for a graph that is broken (wrong weights, NaN,
-# a wrong cast), not a second accuracy gate. bf16 had no graph to measure; it takes fp16's distances x4
-# (bf16 keeps 8 mantissa bits to fp16's 10) until one is measured.
+# Cosine floors of the numeric sanity gate, per precision and output (EVERY_OUTPUT: outputs of graphs that stay
+# fp32, e.g. the region encoder's feats). Derived from the worst cosine measured on the shipped model (torch fp32
+# vs onnxruntime, 27-shape fusion grid, 3-shape region-encoder grid and 200 held-out scenes, 2-core AMD EPYC
+# without AMX; `benchmarks/parity_floors.py`, table in benchmarks/RESULTS.md "Parity gates"): floor = 1 - max(5 x
+# (1 - worst), 0.001), rounded down. Worst seen: fp16 hidden 0.999999, logits 1.000000; int8 hidden 0.989468
+# (B=8 T=1 M=16), logits 0.996427; int8-cpu hidden 0.993827, logits 0.998497. A floor catches a broken graph
+# (wrong weights, a bad cast); accuracy is gated by the budget. bf16 had no graph to measure: fp16's distances
+# x4 (8 mantissa bits to fp16's 10) give the same 0.001 minimum; measure it once a bf16 graph exists.
 COSINE_FLOORS: dict[str, dict[str, float]] = {
     "fp16": {"hidden": 0.999, "logits": 0.999, EVERY_OUTPUT: 0.999},
-    "bf16": {"hidden": 0.996, "logits": 0.996, EVERY_OUTPUT: 0.996},
-    "int8": {"hidden": 0.97, "logits": 0.99, EVERY_OUTPUT: 0.97},
-    "int8-cpu": {"hidden": 0.97, "logits": 0.99, EVERY_OUTPUT: 0.97},
+    "bf16": {"hidden": 0.999, "logits": 0.999, EVERY_OUTPUT: 0.999},
+    "int8": {"hidden": 0.94, "logits": 0.98, EVERY_OUTPUT: 0.999},
+    "int8-cpu": {"hidden": 0.96, "logits": 0.992, EVERY_OUTPUT: 0.999},
 }
 GATE_TEXT = {"max_abs": "max abs error <= {}", "max_rel": "max rel error <= {}", "min_cosine": "cosine >= {}",
              "min_agreement": "argmax agreement >= {} (scenes)",
