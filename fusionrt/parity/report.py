@@ -102,7 +102,7 @@ class ParityReport:
             acc = self.scenes.accuracy
             rows.append(f"argmax agreement {self.scenes.agreement:.4f}; task accuracy reference "
                         f"{acc['reference']:.4f}, candidate {acc['candidate']:.4f}")
-        rows.append(f"gates for a {self.gates.precision} candidate:")
+        rows.append(f"gates for the {self.gates.precision} candidate:")
         rows += [f"  {text:<48} {source}" for text, source in self.gates.rows()]
         if self.scenes is None and self.gates.scenes:
             rows.append("  (no scenes were compared: the scene gates did not apply)")
