@@ -141,8 +141,9 @@ class Gates:
         """``(gate, source)`` lines for a report, the always-on finiteness gate first."""
         rows = [("finite outputs of the reference's shape", "always")]
         for gate in OUTPUT_GATES:
-            for output, limit in self.outputs.get(gate, {}).items():
-                on = "every output" if output == EVERY_OUTPUT else output
+            per_output = self.outputs.get(gate, {})
+            for output, limit in per_output.items():
+                on = output if output != EVERY_OUTPUT else "other outputs" if len(per_output) > 1 else "every output"
                 rows.append((f"{GATE_TEXT[gate].format(f'{limit.value:g}')} on {on}", limit.source))
         rows += [(GATE_TEXT[gate].format(f"{limit.value:g}"), limit.source) for gate, limit in self.scenes.items()]
         return rows
