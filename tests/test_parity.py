@@ -299,8 +299,8 @@ def test_parity_progress_is_one_bar_per_phase_on_a_terminal_and_silent_off_it(bu
     stream = _Terminal()
     run_parity(bundle, "onnxruntime", "onnxruntime", scenes=2, progress=Progress(stream=stream))
     drawn = stream.getvalue()
-    for phase in ("fusion grid", "region_encoder grid", "held-out scenes", "scenes ("):
+    for phase in ("fusion grid", "region_encoder grid", "held-out scenes", "scenes:"):
         assert phase in drawn
-    assert "27/27" in drawn
+    assert "27/27" in drawn and "question/s" in drawn
     assert main(["parity", str(bundle), "--reference", "onnxruntime", "--scenes", "2"]) == 0
     assert capsys.readouterr().err == ""  # stderr is not a terminal here: no bars, no lines

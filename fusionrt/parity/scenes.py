@@ -100,17 +100,18 @@ def compare_scenes(reference: Mapping[str, Runs], candidate: Mapping[str, Runs],
     """Compare both sides (each ``{"region_encoder": ..., "fusion": ...}``) on every question of ``qa``."""
     accumulators: dict[str, MetricAccumulator] = {}
     agree = correct_ref = correct_cand = 0
-    starts = range(0, len(qa), batch_size)
-    for start in progress.iterate(starts, f"scenes ({len(qa)} questions)", unit="batch"):
-        idx = np.arange(start, min(start + batch_size, len(qa)))
-        ref, cand = _side(reference, qa, idx, visual_dim), _side(candidate, qa, idx, visual_dim)
-        for name, value in ref.items():
-            accumulators.setdefault(name, MetricAccumulator()).add(value, cand[name])
-        ref_pred, cand_pred = ref["logits"].argmax(axis=1), cand["logits"].argmax(axis=1)
-        answers = qa.answer_index[idx]
-        agree += int((ref_pred == cand_pred).sum())
-        correct_ref += int((ref_pred == answers).sum())
-        correct_cand += int((cand_pred == answers).sum())
+    with progress.phase("scenes", total=len(qa), unit="question") as bar:
+        for start in range(0, len(qa), batch_size):
+            idx = np.arange(start, min(start + batch_size, len(qa)))
+            ref, cand = _side(reference, qa, idx, visual_dim), _side(candidate, qa, idx, visual_dim)
+            for name, value in ref.items():
+                accumulators.setdefault(name, MetricAccumulator()).add(value, cand[name])
+            ref_pred, cand_pred = ref["logits"].argmax(axis=1), cand["logits"].argmax(axis=1)
+            answers = qa.answer_index[idx]
+            agree += int((ref_pred == cand_pred).sum())
+            correct_ref += int((ref_pred == answers).sum())
+            correct_cand += int((cand_pred == answers).sum())
+            bar.update(len(idx))
     total = max(1, len(qa))
     return SceneResult(
         scenes=len(qa.region_offsets) - 1, questions=len(qa),
