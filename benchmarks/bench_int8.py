@@ -30,6 +30,7 @@ import torch
 from fusionrt.calibration import CPU, TENSORRT, calibrate, collect_ranges, load_calibration, write_qdq
 from fusionrt.export import export_checkpoint, export_onnx
 from fusionrt.model import SHIPPED_CHECKPOINT, FusionModel, load_checkpoint, preset
+from fusionrt.progress import progress_for
 from fusionrt.runtime import Bundle
 from fusionrt.runtime.backends.onnxrt import session_from_onnx
 
@@ -101,7 +102,7 @@ def main() -> int:
     if not (small_dir / "manifest.json").is_file():
         log("exporting the shipped model")
         export_checkpoint(None, small_dir)
-        calibrate(small_dir, progress=log)
+        calibrate(small_dir, progress=progress_for())
     small_bundle = Bundle.open(small_dir)
     shipped = load_checkpoint(SHIPPED_CHECKPOINT).fusion.eval()
     config = preset("base", vocab_size=shipped.config.vocab_size, visual_dim=69, num_answers=22)

@@ -20,6 +20,7 @@ from fusionrt.data.world import ANSWERS, COLORS, SHAPES, SIZES, split_seeds
 from fusionrt.io import atomic_path
 from fusionrt.model import Checkpoint, FusionModel, RegionEncoder, count_parameters, preset, save_checkpoint
 from fusionrt.model.region_encoder import RegionEncoderConfig
+from fusionrt.progress import SILENT, Progress
 from fusionrt.train_config import TrainConfig
 
 
@@ -129,10 +130,11 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> di
     torch.set_num_threads(config.threads)
     rng = np.random.default_rng(config.seed)
     questions = QuestionEncoder(train_tokenizer(), preset(config.preset).max_text_len)
+    bars = Progress() if progress else SILENT
     per_kind = {kind: config.questions_per_kind for kind in QUESTION_KINDS} | {"left_of": config.left_of_per_scene}
     train_set = build_qa_set(split_seeds("train", config.train_scenes), questions, per_kind,
-                             progress=progress, description="train scenes")
-    heldout = build_qa_set(split_seeds("heldout", config.heldout_scenes), questions, progress=progress,
+                             progress=bars, description="train scenes")
+    heldout = build_qa_set(split_seeds("heldout", config.heldout_scenes), questions, progress=bars,
                            description="held-out scenes")
     region_encoder = RegionEncoder(RegionEncoderConfig())
     model_config = preset(config.preset, vocab_size=questions.vocab_size, num_answers=len(ANSWERS),

@@ -37,7 +37,7 @@ def test_cli_export_prints_what_it_verified(checkpoint, tmp_path, capsys):
     captured = capsys.readouterr()
     result = json.loads(captured.out)
     assert result["opset"] == 17 and result["verification"]["graphs"]["fusion"]["points"] == 27
-    assert "exporting fusion" in captured.err  # progress goes to stderr
+    assert captured.err == ""  # progress bars are drawn only when stderr is a terminal (capsys is not)
 
 
 def test_cli_export_of_a_missing_checkpoint_is_an_error(tmp_path, capsys):

@@ -7,7 +7,7 @@ from fusionrt.data.world import ANSWERS, COLORS, SHAPES, generate_scene, split_s
 
 def test_qa_set_indexes_regions_questions_and_training_targets(question_encoder):
     seeds = split_seeds("train", 40)
-    qa = build_qa_set(seeds, question_encoder, per_kind={"left_of": 2}, progress=False)
+    qa = build_qa_set(seeds, question_encoder, per_kind={"left_of": 2})
     assert qa.region_offsets[-1] == len(qa.crops) == len(qa.geometry) == len(qa.region_attributes)
     assert np.all(np.diff(qa.scene_index) >= 0)
     # Every region of the world is matched to the object under it.

@@ -232,16 +232,28 @@ def test_answerer_and_parity_at_int8(quantized):
     from fusionrt.app import Answerer
     from fusionrt.data.questions import questions_for
     from fusionrt.data.world import generate_scene, render
-    from fusionrt.parity import Tolerance, run_parity
+    from fusionrt.parity import run_parity
 
     scene = generate_scene(1_000_123)
     image = render(scene)
     fp32, int8 = Answerer(quantized["path"]), Answerer(quantized["path"], precision="int8-cpu")
     for question in questions_for(scene, np.random.default_rng(0)):
         assert int8.ask(image, question.text)[0] == fp32.ask(image, question.text)[0] == question.answer
-    report = run_parity(quantized["path"], "torch", "onnxruntime", candidate_precision="int8", scenes=20,
-                        tolerance=Tolerance(max_abs=10.0, min_cosine=0.99, min_agreement=0.95))
-    assert report.scenes is not None and report.scenes.agreement >= 0.95 and report.passed
+    # No hand-set numbers: the gates int8 was admitted with (from the manifest) and int8's cosine floor.
+    report = run_parity(quantized["path"], "torch", "onnxruntime", candidate_precision="int8", scenes=20)
+    assert report.scenes is not None and report.passed, report.table()
+    assert report.gates.scenes["min_agreement"].source == "manifest"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8-cpu"])
+def test_parity_passes_at_each_precision_with_its_default_gates(quantized, precision):
+    from fusionrt.parity import run_parity
+
+    report = run_parity(quantized["path"], "torch", "onnxruntime", candidate_precision=precision, scenes=20)
+    assert report.passed, report.table()
+    sources = {source for _, source in report.gates.rows()}
+    assert sources == ({"always", "default for fp32"} if precision == "fp32" else
+                       {"always", f"default for {precision}", "manifest"})
 
 
 def test_a_missed_budget_raises_and_leaves_the_bundle_unchanged(quantized, tmp_path):

@@ -37,7 +37,7 @@ def test_shipped_checkpoint_reaches_the_readme_accuracy(question_encoder):
     checkpoint = load_checkpoint(SHIPPED_CHECKPOINT)
     stated = _readme_accuracy()
     heldout_scenes = json.loads((SHIPPED_CHECKPOINT / "metrics.json").read_text())["train_config"]["heldout_scenes"]
-    heldout = build_qa_set(split_seeds("heldout", heldout_scenes), checkpoint.questions, progress=False)
+    heldout = build_qa_set(split_seeds("heldout", heldout_scenes), checkpoint.questions)
     measured = evaluate(checkpoint.fusion, checkpoint.region_encoder, heldout)
     assert abs(100 * measured["accuracy"] - stated["overall"]) <= 1.0
     for kind, result in measured["per_kind"].items():

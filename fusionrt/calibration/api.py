@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +32,9 @@ from fusionrt.calibration.samples import (
     validate,
 )
 from fusionrt.io import atomic_write_json
+from fusionrt.progress import SILENT, Progress
 from fusionrt.runtime.bundle import Bundle, graph_filename
 
-Progress = Callable[[str], None]
 FUSION, REGION_ENCODER = "fusion", "region_encoder"
 TRT_CACHE_FILE = "fusion.int8.calibration.cache"
 RANGES_FILE = "fusion.int8.ranges.json"
@@ -53,7 +53,7 @@ def fp32_fusion_path(bundle: Bundle) -> Path:
 
 
 def calibrate(bundle_dir: str | Path, samples: int = DEFAULT_SAMPLES, from_dir: str | Path | None = None,
-              min_samples: int = MIN_SAMPLES, progress: Progress | None = None) -> dict[str, Any]:
+              min_samples: int = MIN_SAMPLES, progress: Progress = SILENT) -> dict[str, Any]:
     """Draw ``samples`` calibration samples from calibration scenes (or load ``from_dir``), save them as
     ``calibration.npz`` in the bundle and record its sha256 in the manifest; return that record."""
     bundle = Bundle.open(bundle_dir)
@@ -101,7 +101,7 @@ def _publish(bundle: Bundle, staged: dict[str, Path], precisions: Sequence[str],
 
 def quantize_fp16(bundle_dir: str | Path, keep_fp32: Sequence[str] = DEFAULT_KEEP_FP32,
                   heldout_scenes: int = DEFAULT_HELDOUT_SCENES, budget: Budget | None = None,
-                  evaluator: HeldoutEvaluator | None = None, progress: Progress | None = None) -> dict[str, Any]:
+                  evaluator: HeldoutEvaluator | None = None, progress: Progress = SILENT) -> dict[str, Any]:
     """Write ``fusion.fp16.onnx``, measure it against fp32 PyTorch, register it if within budget."""
     bundle = Bundle.open(bundle_dir)
     fp32 = fp32_fusion_path(bundle)
@@ -110,8 +110,7 @@ def quantize_fp16(bundle_dir: str | Path, keep_fp32: Sequence[str] = DEFAULT_KEE
     stage = _stage(bundle)
     try:
         name = graph_filename(FUSION, "fp16")
-        if progress:
-            progress("converting to fp16")
+        progress.note("converting to fp16")
         summary = convert_fp16(fp32, stage / name, keep_fp32)
         evaluator = evaluator or HeldoutEvaluator(bundle, heldout_scenes, progress=progress)
         measurement = evaluator.measure_path(stage / name)
@@ -130,7 +129,7 @@ def quantize_fp16(bundle_dir: str | Path, keep_fp32: Sequence[str] = DEFAULT_KEE
 def quantize_int8(bundle_dir: str | Path, method: str = DEFAULT_METHOD, percentile: float = DEFAULT_PERCENTILE,
                   heldout_scenes: int = DEFAULT_HELDOUT_SCENES, budget: Budget | None = None,
                   sensitivity: bool = True, ranges: Ranges | None = None, evaluator: HeldoutEvaluator | None = None,
-                  recipes: Sequence[Recipe] = (TENSORRT, CPU), progress: Progress | None = None) -> dict[str, Any]:
+                  recipes: Sequence[Recipe] = (TENSORRT, CPU), progress: Progress = SILENT) -> dict[str, Any]:
     """Collect ranges once over the bundle's calibration set, write ``fusion.int8.onnx`` (TensorRT Q/DQ),
     ``fusion.int8-cpu.onnx`` (ORT CPU U8S8) and the TensorRT calibration cache from them, check each graph's
     budget (excluding the fewest sensitive nodes if ``sensitivity``), and register them."""
@@ -140,8 +139,6 @@ def quantize_int8(bundle_dir: str | Path, method: str = DEFAULT_METHOD, percenti
     started = time.perf_counter()
     if ranges is None:
         data = load_calibration(bundle)
-        if progress:
-            progress(f"collecting activation ranges over {len(data)} samples ({method})")
         ranges = collect_ranges(fp32, data.feeds(), method, percentile, progress=progress)
     evaluator = evaluator or HeldoutEvaluator(bundle, heldout_scenes, progress=progress)
     stage = _stage(bundle)
@@ -150,8 +147,7 @@ def quantize_int8(bundle_dir: str | Path, method: str = DEFAULT_METHOD, percenti
         graphs: dict[str, Any] = {}
         for recipe in recipes:
             name = graph_filename(FUSION, recipe.precision)
-            if progress:
-                progress(f"writing {name}")
+            progress.note(f"writing {name}")
             write_qdq(fp32, stage / name, ranges, recipe)
             measurement = evaluator.measure_path(stage / name)
             entry: dict[str, Any] = {"file": name, "excluded": [],

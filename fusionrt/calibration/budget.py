@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from fusionrt.progress import SILENT, Progress
 from fusionrt.runtime.bundle import Bundle
 
 DEFAULT_HELDOUT_SCENES = 500
@@ -76,14 +77,12 @@ class HeldoutEvaluator:
     """Held-out batches and fp32 PyTorch reference predictions, built once; :meth:`measure` runs a graph."""
 
     def __init__(self, bundle: Bundle, scenes: int = DEFAULT_HELDOUT_SCENES, batch: int = 64,
-                 progress: Callable[[str], None] | None = None, reference: Any = None) -> None:
+                 progress: Progress = SILENT, reference: Any = None) -> None:
         from fusionrt.parity.scenes import encode_scene_regions, heldout_questions
         from fusionrt.runtime.session import Session
 
         self.scenes = scenes
-        if progress:
-            progress(f"building {scenes} held-out scenes")
-        qa = heldout_questions(bundle, scenes)
+        qa = heldout_questions(bundle, scenes, progress=progress)
         visual, visual_mask = encode_scene_regions(bundle, qa)
         self.batches: list[dict[str, np.ndarray]] = []
         for start in range(0, len(qa), batch):
@@ -95,8 +94,7 @@ class HeldoutEvaluator:
                 "text_mask": np.ascontiguousarray(qa.text_mask[idx, :length]),
                 "visual_feats": visual[scene], "visual_mask": visual_mask[scene]})
         self.answers = qa.answer_index
-        if progress:
-            progress(f"fp32 PyTorch reference on {len(qa)} held-out questions")
+        progress.note(f"fp32 PyTorch reference on {len(qa)} held-out questions")
         ref = reference if reference is not None else Session(bundle, "torch", "fusion")
         self.reference_logits = self._logits(ref.run)
         self.reference_pred = self.reference_logits.argmax(axis=1)

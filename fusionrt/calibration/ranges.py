@@ -13,7 +13,7 @@ import io
 import math
 import struct
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import numpy as np
 
 from fusionrt.calibration.errors import CalibrationError, QuantizationError
 from fusionrt.io import atomic_write_bytes
+from fusionrt.progress import SILENT, Progress
 
 METHODS = ("minmax", "percentile", "entropy")
 CALIBRATED_OPS = ("MatMul", "Gemm")
@@ -98,7 +99,7 @@ class _OneFeed:
 
 def collect_ranges(fp32_path: str | Path, feeds: Iterable[Mapping[str, np.ndarray]], method: str = DEFAULT_METHOD,
                    percentile: float | None = DEFAULT_PERCENTILE, bins: int = 2048,
-                   progress: Callable[[str], None] | None = None) -> Ranges:
+                   progress: Progress = SILENT) -> Ranges:
     """Run the fp32 graph over ``feeds`` and compute every MatMul/Gemm input and output range with ``method``
     (``minmax``, ``percentile`` at ``percentile``, or ``entropy``; histograms of ``bins`` bins: entropy's
     cost grows with bins squared). Nothing is written outside a temporary directory."""
@@ -115,15 +116,15 @@ def collect_ranges(fp32_path: str | Path, feeds: Iterable[Mapping[str, np.ndarra
                                        augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                                        calibrate_method=ort_method(method), providers=["CPUExecutionProvider"],
                                        extra_options=options)
-        count = 0
         # The histogram collector prints a line per call; keep the user's console for our progress.
-        with contextlib.redirect_stdout(io.StringIO()):
-            for count, feed in enumerate(feeds, 1):
+        with contextlib.redirect_stdout(io.StringIO()), progress.phase(f"calibration ({method})", unit="sample") as bar:
+            count = 0
+            for feed in feeds:
                 calibrator.collect_data(_OneFeed(feed))
-                if progress and count % 64 == 0:
-                    progress(f"calibration ({method}): {count} samples")
-            if progress and method != "minmax":
-                progress(f"calibration ({method}): computing ranges from histograms")
+                count += 1
+                bar.update(1)
+            if method != "minmax":
+                progress.note(f"calibration ({method}): computing ranges from histograms")
             data = calibrator.compute_data()
     values = {}
     for name, tensor in data.data.items():

@@ -9,7 +9,7 @@ from a user directory of npz feeds.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import numpy as np
 
 from fusionrt.calibration.errors import CalibrationError
 from fusionrt.io import atomic_path
+from fusionrt.progress import SILENT, Progress
 from fusionrt.runtime.bundle import Bundle, sha256_file
 from fusionrt.runtime.spec import GraphSpec
 from fusionrt.runtime.validate import FeedValidator
@@ -168,7 +169,7 @@ def load_directory(directory: str | Path, spec: GraphSpec, min_samples: int = MI
 
 
 def draw_scenes(bundle: Bundle, samples: int = DEFAULT_SAMPLES, start: int = 0, seed: int = 0,
-                progress: Callable[[str], None] | None = None) -> CalibrationSet:
+                progress: Progress = SILENT) -> CalibrationSet:
     """``samples`` questions, one per calibration scene, pre-processed as the Answerer does (region encoder of
     the bundle on onnxruntime at fp32, the bundle's tokenizer); question kinds drawn at random per scene."""
     from fusionrt.data.dataset import build_qa_set
@@ -179,15 +180,13 @@ def draw_scenes(bundle: Bundle, samples: int = DEFAULT_SAMPLES, start: int = 0, 
     if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
         raise CalibrationError("samples", "a positive integer", repr(samples))
     questions = QuestionEncoder.from_file(bundle.file("tokenizer.json"), int(bundle.model["max_text_len"]))
-    if progress:
-        progress(f"rendering and detecting {samples} calibration scenes")
     qa = build_qa_set(split_seeds("calibration", samples, start=start), questions,
-                      max_regions=int(bundle.model["max_visual_len"]), progress=False)
+                      max_regions=int(bundle.model["max_visual_len"]), progress=progress,
+                      description="calibration scenes")
     rng = np.random.default_rng(seed)
     # One question per scene, of a random kind, so N samples cover N scenes and every question template.
     chosen = np.array([rng.choice(np.flatnonzero(qa.scene_index == s)) for s in range(samples)])
-    if progress:
-        progress(f"encoding {int(qa.region_offsets[-1])} regions with the bundle's region encoder")
+    progress.note(f"encoding {int(qa.region_offsets[-1])} regions with the bundle's region encoder")
     visual, visual_mask = encode_scene_regions(bundle, qa)
     seeds = split_seeds("calibration", samples, start=start)
     return CalibrationSet(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from fusionrt.calibration.budget import Budget, HeldoutEvaluator
 from fusionrt.calibration.errors import BudgetExceededError
 from fusionrt.calibration.qdq import Recipe, quantizable_nodes, write_qdq
 from fusionrt.calibration.ranges import Ranges
+from fusionrt.progress import SILENT, Progress
 
 
 def latency_ms(onnx_path: str | Path, feed: dict[str, np.ndarray], runs: int = 20, threads: int | None = None) -> float:
@@ -39,16 +39,14 @@ def latency_ms(onnx_path: str | Path, feed: dict[str, np.ndarray], runs: int = 2
 
 
 def exclude_for_budget(fp32_path: str | Path, ranges: Ranges, recipe: Recipe, evaluator: HeldoutEvaluator,
-                       budget: Budget, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                       budget: Budget, progress: Progress = SILENT) -> dict[str, Any]:
     """Find the fewest nodes to leave unquantized so ``recipe`` meets ``budget``; return the exclusion list, the
     per-node table and the latency cost. Raises :class:`BudgetExceededError` if even excluding all fails."""
     nodes = quantizable_nodes(fp32_path)
     with tempfile.TemporaryDirectory(prefix="fusionrt-sens-") as tmp:
         candidate = Path(tmp) / "candidate.onnx"
         table = []
-        for i, node in enumerate(nodes):
-            if progress:
-                progress(f"sensitivity ({recipe.precision}): leaving out {node} ({i + 1}/{len(nodes)})")
+        for node in progress.iterate(nodes, f"sensitivity ({recipe.precision})", unit="node"):
             write_qdq(fp32_path, candidate, ranges, recipe, exclude=[node])
             m = evaluator.measure_path(candidate)
             table.append({"node": node, "accuracy": m.accuracy, "agreement": m.agreement,
@@ -59,8 +57,7 @@ def exclude_for_budget(fp32_path: str | Path, ranges: Ranges, recipe: Recipe, ev
             excluded = [row["node"] for row in order[:count]]
             write_qdq(fp32_path, candidate, ranges, recipe, exclude=excluded)
             m = evaluator.measure_path(candidate)
-            if progress:
-                progress(f"sensitivity ({recipe.precision}): {count} excluded -> drop {m.drop_points:.3f} points, "
+            progress.note(f"sensitivity ({recipe.precision}): {count} excluded -> drop {m.drop_points:.3f} points, "
                          f"agreement {m.agreement:.4f}")
             if not m.failures(budget):
                 feed = max(evaluator.batches, key=lambda f: f["input_ids"].shape[0])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,10 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from fusionrt.calibration import calibrate
     from fusionrt.io import atomic_write_json
+    from fusionrt.progress import progress_for
 
-    def progress(text: str) -> None:
-        print(f"  {text}", file=sys.stderr, flush=True)
-
+    progress = progress_for(args.quiet)
     record = calibrate(args.bundle, samples=args.samples, from_dir=args.from_dir, min_samples=args.min_samples,
                        progress=progress)
     if args.json:

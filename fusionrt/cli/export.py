@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,11 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fusionrt.export import export_checkpoint
+    from fusionrt.progress import progress_for
     from fusionrt.runtime import Bundle
 
-    def progress(text: str) -> None:
-        print(f"  {text}", file=sys.stderr, flush=True)
-
+    progress = progress_for(args.quiet)
     path = export_checkpoint(args.checkpoint, args.out, max_batch=args.max_batch, opset=args.opset,
                              exporter=args.exporter, atol=args.atol, progress=progress)
     manifest = Bundle.open(path).manifest

@@ -1,52 +1,95 @@
-"""``fusionrt parity BUNDLE``: compare two backends or precisions; non-zero exit when a tolerance is exceeded."""
+"""``fusionrt parity BUNDLE``: compare two backends or precisions under gates that fit the candidate's precision.
+
+Exit status 0 when every gate held, 1 when one broke, 2 for bad usage or input.
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
 
-# Exit status when the comparison ran but a tolerance was exceeded (2 is for errors, see fusionrt.cli.main).
+# Exit status when the comparison ran but a gate broke (2 is for errors, see fusionrt.cli.main).
 EXIT_TOLERANCE_EXCEEDED = 1
+PER_OUTPUT = "[OUTPUT:]VALUE"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from fusionrt.parity.gates import PRECISIONS
     from fusionrt.runtime.session import BACKENDS
 
-    parser = subparsers.add_parser("parity", help="compare two backends (or precisions) of a bundle")
+    parser = subparsers.add_parser(
+        "parity", help="compare two backends (or precisions) of a bundle; gates default to the candidate's precision",
+        description="Gates default to the candidate precision's: fp32 max abs 1e-4, cosine 0.9999, agreement 0.99; "
+                    "fp16/bf16/int8/int8-cpu the accuracy budget recorded in the manifest plus finite outputs and a "
+                    "measured cosine floor. Every gate flag given overrides its default. Exit 0 passed, 1 a gate "
+                    "broke, 2 bad usage or input.")
     parser.add_argument("bundle", help="bundle directory")
     parser.add_argument("--reference", default="torch", choices=sorted(BACKENDS), help="default torch")
     parser.add_argument("--candidate", default="onnxruntime", choices=sorted(BACKENDS), help="default onnxruntime")
-    parser.add_argument("--reference-precision", default="fp32")
-    parser.add_argument("--candidate-precision", default="fp32")
+    parser.add_argument("--reference-precision", default="fp32", choices=PRECISIONS, help="default fp32")
+    parser.add_argument("--candidate-precision", default="fp32", choices=PRECISIONS,
+                        help="default fp32; picks the default gates")
     parser.add_argument("--scenes", type=int, default=200, help="held-out scenes to compare on (0: grid only)")
     parser.add_argument("--checkpoint", default=None,
                         help="where the source checkpoint is now, for the torch backend (default: as recorded)")
-    parser.add_argument("--atol", type=float, default=1e-4, help="max abs error per output (default 1e-4)")
-    parser.add_argument("--min-cosine", type=float, default=0.9999, help="default 0.9999")
-    parser.add_argument("--min-agreement", type=float, default=0.99,
-                        help="argmax agreement on scenes (default 0.99)")
+    parser.add_argument("--atol", nargs="+", default=None, metavar=PER_OUTPUT,
+                        help="max abs error, for every output or per output (e.g. --atol 1e-3 hidden:1e-2)")
+    parser.add_argument("--rtol", nargs="+", default=None, metavar=PER_OUTPUT,
+                        help="max rel error; with --atol an output fails only when both are exceeded (Polygraphy's "
+                             "--check-error-stat max)")
+    parser.add_argument("--min-cosine", nargs="+", default=None, metavar=PER_OUTPUT,
+                        help="smallest cosine, for every output or per output")
+    parser.add_argument("--min-agreement", type=float, default=None, help="argmax agreement on scenes")
+    parser.add_argument("--max-drop-points", type=float, default=None,
+                        help="largest task accuracy drop on scenes, in percentage points")
     parser.add_argument("--seed", type=int, default=0, help="seed of the grid's random feeds")
-    parser.add_argument("--json", default=None, metavar="OUT", help="also write the full report as JSON to OUT")
+    parser.add_argument("--json", default=None, metavar="OUT",
+                        help="also write the full report (every grid point) as JSON to OUT")
     parser.set_defaults(handler=run)
+
+
+def per_output(flag: str, values: list[str]) -> dict[str, str]:
+    """``["1e-3", "hidden:1e-2"]`` -> ``{"*": "1e-3", "hidden": "1e-2"}`` (values are checked by gates_for)."""
+    from fusionrt.errors import InputError
+    from fusionrt.parity.gates import EVERY_OUTPUT
+
+    out: dict[str, str] = {}
+    for value in values:
+        output, _, number = value.rpartition(":")
+        if ":" in value and not output:
+            raise InputError(flag, f"{PER_OUTPUT} (an output name before ':')", repr(value))
+        out[output or EVERY_OUTPUT] = number
+    return out
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, object]:
+    """The gates given as flags, in :func:`fusionrt.parity.gates_for`'s form."""
+    overrides: dict[str, object] = {}
+    for gate, flag in (("max_abs", "atol"), ("max_rel", "rtol"), ("min_cosine", "min_cosine")):
+        if getattr(args, flag) is not None:
+            overrides[gate] = per_output(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    for gate in ("min_agreement", "max_drop_points"):
+        if getattr(args, gate) is not None:
+            overrides[gate] = getattr(args, gate)
+    return overrides
 
 
 def run(args: argparse.Namespace) -> int:
     from fusionrt.io import atomic_write_json
-    from fusionrt.parity import Tolerance, run_parity
+    from fusionrt.parity import gates_for, run_parity
     from fusionrt.parity.report import json_safe
+    from fusionrt.progress import progress_for
+    from fusionrt.runtime import Bundle
 
     def options(backend: str) -> dict[str, str]:
         return {"checkpoint": args.checkpoint} if backend == "torch" and args.checkpoint else {}
 
-    def progress(text: str) -> None:
-        print(f"  {text}", file=sys.stderr, flush=True)
-
+    bundle = Bundle.open(args.bundle)
+    gates = gates_for(bundle, args.candidate_precision, overrides_from(args))
     report = run_parity(
-        args.bundle, args.reference, args.candidate, reference_precision=args.reference_precision,
-        candidate_precision=args.candidate_precision, scenes=args.scenes, seed=args.seed,
-        tolerance=Tolerance(max_abs=args.atol, min_cosine=args.min_cosine, min_agreement=args.min_agreement),
+        bundle, args.reference, args.candidate, reference_precision=args.reference_precision,
+        candidate_precision=args.candidate_precision, scenes=args.scenes, seed=args.seed, gates=gates,
         reference_options=options(args.reference), candidate_options=options(args.candidate),
-        progress=None if args.quiet else progress,
+        progress=progress_for(args.quiet),
     )
     print(report.table())
     if args.json:

@@ -53,10 +53,9 @@ def run(args: argparse.Namespace) -> int:
     from fusionrt.calibration import BudgetExceededError, quantize_fp16, quantize_int8
     from fusionrt.io import atomic_write_json
     from fusionrt.parity.report import json_safe
+    from fusionrt.progress import progress_for
 
-    def progress(text: str) -> None:
-        print(f"  {text}", file=sys.stderr, flush=True)
-
+    progress = progress_for(args.quiet)
     try:
         if args.precision == "fp16":
             keep = tuple(op.strip() for op in args.keep_fp32.split(",") if op.strip())

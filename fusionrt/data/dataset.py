@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm import tqdm
 
 from fusionrt.data.detector import detect_regions
 from fusionrt.data.questions import QUESTION_KINDS, Question, questions_for
 from fusionrt.data.tokenizer import QuestionEncoder
 from fusionrt.data.world import ANSWERS, COLORS, IMAGE_SIZE, SHAPES, SIZES, Scene, generate_scene, render
+from fusionrt.progress import SILENT, Progress
 
 HEAD_WORDS = (*SHAPES, "object")
 
@@ -70,14 +70,14 @@ class QASet:
 
 def build_qa_set(
     seeds: range, questions: QuestionEncoder, per_kind: int | dict[str, int] = 1, max_regions: int | None = None,
-    progress: bool = True, description: str = "scenes",
+    progress: Progress = SILENT, description: str = "scenes",
 ) -> QASet:
     """Render and detect every scene of ``seeds`` and ask up to ``per_kind`` questions of each kind."""
     crops, geometry, attributes, offsets = [], [], [], [0]
     scene_index, asked, answers, kinds = [], [], [], []
     answer_ids = {a: i for i, a in enumerate(ANSWERS)}
     kind_ids = {k: i for i, k in enumerate(QUESTION_KINDS)}
-    for scene_number, seed in enumerate(tqdm(seeds, desc=description, disable=not progress, unit="scene")):
+    for scene_number, seed in enumerate(progress.iterate(seeds, description, unit="scene")):
         scene = generate_scene(seed)
         regions = detect_regions(render(scene), max_regions=max_regions)
         crops.append(regions.crops)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import platform
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,11 +32,11 @@ from fusionrt.export.source import checkpoint_files_sha256, weights_sha256
 from fusionrt.export.writer import BundleWriter
 from fusionrt.parity.compare import Tolerance, compare_grid
 from fusionrt.parity.grid import grid_points
+from fusionrt.progress import SILENT, Progress
 from fusionrt.runtime.bundle import BUNDLE_FORMAT, SCHEMA_VERSION, Bundle, graph_filename
 from fusionrt.runtime.session import Session
 from fusionrt.runtime.spec import GraphSpec
 
-Progress = Callable[[str], None]
 FUSION_CONTRACT = ("forward(input_ids int64 [B,T], text_mask bool [B,T], visual_feats float32 [B,M,Dv], "
                    "visual_mask bool [B,M]) -> (hidden float32 [B,T,H], logits float32 [B,A])")
 
@@ -124,15 +123,15 @@ def _versions(exporter: str) -> dict[str, str]:
     return versions
 
 
-def _verify(staging: Path, graphs: list[_Graph], tolerance: Tolerance, progress: Progress | None) -> dict[str, Any]:
+def _verify(staging: Path, graphs: list[_Graph], tolerance: Tolerance, progress: Progress) -> dict[str, Any]:
     """ONNX Runtime (through the runtime Session, as deployed) vs the torch module on each graph's grid."""
     bundle = Bundle.open(staging)
     summary, failures, reports = {}, [], []
     for graph in graphs:
         reference = Session(bundle, "torch", graph.spec.name, module=graph.module)
         candidate = Session(bundle, "onnxruntime", graph.spec.name)
-        result = compare_grid(graph.spec.name, reference, candidate, grid_points(graph.spec),
-                              (lambda text: progress(f"verify {text}")) if progress else None)
+        result = compare_grid(graph.spec.name, reference, candidate, grid_points(graph.spec), progress,
+                              phase=f"verify {graph.spec.name}")
         reports.append(result)
         failures += result.failures(tolerance)
         summary[graph.spec.name] = {"points": len(result.points), "worst": result.summary()}
@@ -145,12 +144,10 @@ def _verify(staging: Path, graphs: list[_Graph], tolerance: Tolerance, progress:
 
 
 def _attempt(out_dir: Path, graphs: list[_Graph], files: dict[str, bytes], manifest: dict[str, Any], opset: int,
-             exporter: str, tolerance: Tolerance, progress: Progress | None) -> Path:
+             exporter: str, tolerance: Tolerance, progress: Progress) -> Path:
     started = time.perf_counter()
     with BundleWriter(out_dir) as writer:
-        for graph in graphs:
-            if progress:
-                progress(f"exporting {graph.spec.name} ({exporter} exporter, opset {opset})")
+        for graph in progress.iterate(graphs, f"export ({exporter} exporter, opset {opset})", unit="graph"):
             path = writer.path / graph_filename(graph.spec.name)
             warnings = export_graph(graph.module, graph.example, graph.spec, path, opset=opset, exporter=exporter)
             graph.info = {**check_graph(path, graph.spec, opset), "exporter_warnings": warnings}
@@ -178,7 +175,7 @@ def _attempt(out_dir: Path, graphs: list[_Graph], files: dict[str, bytes], manif
 
 
 def _export(out_dir: str | Path, graphs: list[_Graph], files: dict[str, bytes], manifest: dict[str, Any],
-            opset: int, exporter: str, atol: float, progress: Progress | None) -> Path:
+            opset: int, exporter: str, atol: float, progress: Progress) -> Path:
     if exporter not in (*EXPORTERS, "auto"):
         raise ExportError("exporter", f"one of {[*EXPORTERS, 'auto']}", repr(exporter))
     _positive(opset=opset)
@@ -195,8 +192,8 @@ def _export(out_dir: str | Path, graphs: list[_Graph], files: dict[str, bytes], 
             if exc.name == "out_dir":
                 raise
             errors.append((name, exc))
-        if progress and name != order[-1]:
-            progress(f"{name} exporter failed ({errors[-1][1]}); trying the next exporter")
+        if name != order[-1]:
+            progress.note(f"{name} exporter failed ({errors[-1][1]}); trying the next exporter")
     if len(errors) == 1:
         raise errors[0][1]
     failures = [f"{name} exporter: {exc}" for name, exc in errors]
@@ -206,7 +203,7 @@ def _export(out_dir: str | Path, graphs: list[_Graph], files: dict[str, bytes], 
 
 def export_onnx(model: Any, out_dir: str | Path, *, vocab_size: int, visual_dim: int, max_text_len: int,
                 max_visual_len: int, max_batch: int = 64, opset: int = 17, exporter: str = "auto",
-                atol: float = 1e-4, progress: Progress | None = None) -> Path:
+                atol: float = 1e-4, progress: Progress = SILENT) -> Path:
     """Export any fusion module to a verified bundle at ``out_dir``; return its path.
 
     ``model``: a ``torch.nn.Module`` with ``forward(input_ids int64 [B,T], text_mask bool [B,T],
@@ -243,7 +240,7 @@ def export_onnx(model: Any, out_dir: str | Path, *, vocab_size: int, visual_dim:
 
 def export_checkpoint(checkpoint_dir: str | Path | None, out_dir: str | Path, *,
                       max_batch: int = 64, opset: int = 17, exporter: str = "auto", atol: float = 1e-4,
-                      progress: Progress | None = None) -> Path:
+                      progress: Progress = SILENT) -> Path:
     """Export a checkpoint (``None``: the shipped one): fusion graph, region-encoder graph with a dynamic
     number of crops, ``tokenizer.json`` and ``answers.json``, verified as :func:`export_onnx` does."""
     from fusionrt.model import SHIPPED_CHECKPOINT, load_checkpoint

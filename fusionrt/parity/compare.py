@@ -6,14 +6,16 @@ or an adapter around a torch module), so backends and precisions are compared th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
+from fusionrt.parity.gates import EVERY_OUTPUT, Gates, Limit
 from fusionrt.parity.grid import GridPoint
 from fusionrt.parity.metrics import array_metrics, worst
+from fusionrt.progress import SILENT, Progress
 
 
 class Runs(Protocol):
@@ -29,16 +31,16 @@ class Tolerance:
     min_cosine: float = 0.9999
     min_agreement: float = 0.99
 
+    def to_gates(self, source: str = "argument") -> Gates:
+        """These limits as parity :class:`Gates` (every output, and scenes' argmax agreement)."""
+        return Gates("fp32", {"max_abs": {EVERY_OUTPUT: Limit(self.max_abs, source)},
+                              "min_cosine": {EVERY_OUTPUT: Limit(self.min_cosine, source)}},
+                     {"min_agreement": Limit(self.min_agreement, source)})
+
     def output_failures(self, where: str, metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
-        out = []
-        for name, m in metrics.items():
-            if m["problem"]:
-                out.append(f"{where} {name}: {m['problem']}")
-            elif m["max_abs"] > self.max_abs:
-                out.append(f"{where} {name}: max abs error {m['max_abs']:.3g} > {self.max_abs:g}")
-            elif m["cosine"] < self.min_cosine:
-                out.append(f"{where} {name}: cosine {m['cosine']:.6f} < {self.min_cosine:g}")
-        return out
+        gates = self.to_gates()
+        return [f"{where} {failure.output}: {failure.message}" for name, m in metrics.items()
+                if (failure := gates.check_output(where, name, m)) is not None]
 
 
 @dataclass
@@ -85,12 +87,13 @@ def _run(side: str, runner: Runs, feed: Mapping[str, np.ndarray]) -> tuple[dict[
 
 
 def compare_grid(graph: str, reference: Runs, candidate: Runs, points: Iterable[GridPoint],
-                 progress: Callable[[str], None] | None = None) -> GridResult:
-    """Run both sides at every point; compare every output the reference returns."""
+                 progress: Progress = SILENT, phase: str | None = None) -> GridResult:
+    """Run both sides at every point; compare every output the reference returns.
+
+    ``progress`` draws one bar named ``phase`` (default ``"<graph> grid"``) over the points.
+    """
     results = []
-    for point in points:
-        if progress is not None:
-            progress(f"{graph} {point.label}")
+    for point in progress.iterate(list(points), phase or f"{graph} grid", unit="shape"):
         result = PointResult(point.label, dict(point.sizes))
         ref, error = _run("reference", reference, point.feed)
         cand, cand_error = _run("candidate", candidate, point.feed) if ref is not None else (None, None)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fusionrt.parity.compare import GridResult, Tolerance, compare_grid
+from fusionrt.parity.gates import Failure, Gates, gates_for
 from fusionrt.parity.grid import grid_points
 from fusionrt.parity.scenes import SceneResult, compare_scenes, heldout_questions
+from fusionrt.progress import SILENT, Progress
 from fusionrt.runtime.bundle import Bundle
 from fusionrt.runtime.session import Session
 
@@ -27,21 +27,35 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+WORST_SHOWN = 5
+
+
 @dataclass
 class ParityReport:
-    """Grid results per graph, the scene result (if run), the tolerance and the verdict."""
+    """Grid results per graph, the scene result (if run), the gates applied and the verdict."""
 
     bundle: str
     reference: dict[str, Any]
     candidate: dict[str, Any]
-    tolerance: Tolerance
+    gates: Gates
     grids: list[GridResult]
     scenes: SceneResult | None = None
 
     @property
-    def failures(self) -> list[str]:
-        out = [f for grid in self.grids for f in grid.failures(self.tolerance)]
-        return out + (self.scenes.failures(self.tolerance) if self.scenes is not None else [])
+    def failures(self) -> list[Failure]:
+        """Every broken gate: one entry per grid point and output, then the scene gates."""
+        out = []
+        for grid in self.grids:
+            for point in grid.points:
+                if point.error:
+                    out.append(Failure(grid.graph, None, point.error, point.label))
+                out += [f for name, m in point.metrics.items()
+                        if (f := self.gates.check_output(grid.graph, name, m, point.label)) is not None]
+        if self.scenes is not None:
+            out += [f for name, m in self.scenes.metrics.items()
+                    if (f := self.gates.check_output("scenes", name, m)) is not None]
+            out += self.gates.check_scenes(self.scenes.agreement, self.scenes.accuracy)
+        return out
 
     @property
     def passed(self) -> bool:
@@ -50,13 +64,27 @@ class ParityReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "bundle": self.bundle, "reference": self.reference, "candidate": self.candidate,
-            "tolerance": dataclasses.asdict(self.tolerance), "passed": self.passed, "failures": self.failures,
+            "gates": self.gates.to_dict(), "passed": self.passed, "failures": [f.to_dict() for f in self.failures],
             "grids": [g.to_dict() for g in self.grids],
             "scenes": self.scenes.to_dict() if self.scenes is not None else None,
         }
 
+    def failure_rows(self, shown: int = WORST_SHOWN) -> list[str]:
+        """The ``shown`` worst failures per place and output (furthest past their gate first), and how many more."""
+        groups: dict[tuple[str, str | None], list[Failure]] = {}
+        for failure in self.failures:
+            groups.setdefault((failure.where, failure.output), []).append(failure)
+        rows = []
+        for (where, output), failures in groups.items():
+            failures.sort(key=lambda f: -f.excess)
+            rows += [f"  {f}" for f in failures[:shown]]
+            if len(failures) > shown:
+                rows.append(f"  ... and {len(failures) - shown} more {where} points failing"
+                            + (f" on {output}" if output else "") + " (--json OUT keeps every point)")
+        return rows
+
     def table(self) -> str:
-        """A plain-text table: worst metrics per graph and output, then the verdict."""
+        """A plain-text table: worst metrics per graph and output, the gates and their sources, then the verdict."""
         def side(d: dict[str, Any]) -> str:
             return f"{d['backend']} {d['precision']}"
 
@@ -74,29 +102,30 @@ class ParityReport:
             acc = self.scenes.accuracy
             rows.append(f"argmax agreement {self.scenes.agreement:.4f}; task accuracy reference "
                         f"{acc['reference']:.4f}, candidate {acc['candidate']:.4f}")
-        tol = self.tolerance
-        rows.append(f"tolerance: max abs <= {tol.max_abs:g}, cosine >= {tol.min_cosine:g}, "
-                    f"agreement >= {tol.min_agreement:g}")
+        rows.append(f"gates for the {self.gates.precision} candidate:")
+        rows += [f"  {text:<48} {source}" for text, source in self.gates.rows()]
+        if self.scenes is None and self.gates.scenes:
+            rows.append("  (no scenes were compared: the scene gates did not apply)")
         failures = self.failures
         rows.append("PASSED" if not failures else f"FAILED ({len(failures)}):")
-        rows.extend(f"  {f}" for f in failures[:20])
-        if len(failures) > 20:
-            rows.append(f"  ... and {len(failures) - 20} more")
+        rows += self.failure_rows()
         return "\n".join(rows)
 
 
 def run_parity(bundle: str | Path | Bundle, reference: str = "torch", candidate: str = "onnxruntime", *,
                reference_precision: str = "fp32", candidate_precision: str = "fp32", scenes: int = 200,
-               tolerance: Tolerance | None = None, seed: int = 0, reference_options: dict[str, Any] | None = None,
-               candidate_options: dict[str, Any] | None = None,
-               progress: Callable[[str], None] | None = None) -> ParityReport:
+               gates: Gates | None = None, tolerance: Tolerance | None = None, seed: int = 0,
+               reference_options: dict[str, Any] | None = None, candidate_options: dict[str, Any] | None = None,
+               progress: Progress = SILENT) -> ParityReport:
     """Compare ``candidate`` against ``reference`` on every graph's shape grid and on ``scenes`` held-out scenes.
 
-    Scenes need the bundle's region encoder and tokenizer; a bundle of a foreign fusion module is
-    compared on the grid only.
+    ``gates`` default to :func:`gates_for` the candidate's precision; ``tolerance`` (older API) sets fp32-style
+    gates instead. Scenes need the bundle's region encoder and tokenizer; a bundle of a foreign fusion
+    module is compared on the grid only.
     """
     opened = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
-    tolerance = tolerance or Tolerance()
+    if gates is None:
+        gates = tolerance.to_gates() if tolerance is not None else gates_for(opened, candidate_precision)
     sides: dict[str, dict[str, Session]] = {"reference": {}, "candidate": {}}
     for graph in opened.graphs:
         sides["reference"][graph] = Session(opened, reference, graph, reference_precision, **(reference_options or {}))
@@ -106,11 +135,9 @@ def run_parity(bundle: str | Path | Bundle, reference: str = "torch", candidate:
              for graph in opened.graphs]
     scene_result = None
     if scenes > 0 and "region_encoder" in opened.graphs and "tokenizer.json" in opened.manifest["files"]:
-        if progress is not None:
-            progress(f"building {scenes} held-out scenes")
-        qa = heldout_questions(opened, scenes)
+        qa = heldout_questions(opened, scenes, progress=progress)
         batch = min(64, opened.graph("fusion").dims["B"].max)
         scene_result = compare_scenes(sides["reference"], sides["candidate"], qa,
                                       int(opened.model["visual_dim"]), batch, progress)
     return ParityReport(str(opened.path), sides["reference"]["fusion"].describe(),
-                        sides["candidate"]["fusion"].describe(), tolerance, grids, scene_result)
+                        sides["candidate"]["fusion"].describe(), gates, grids, scene_result)

@@ -6,7 +6,7 @@ into the fusion outputs as it would in deployment.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +16,7 @@ from fusionrt.data.dataset import QASet, build_qa_set
 from fusionrt.data.tokenizer import QuestionEncoder
 from fusionrt.data.world import split_seeds
 from fusionrt.parity.compare import MetricAccumulator, Runs, Tolerance
+from fusionrt.progress import SILENT, Progress
 from fusionrt.runtime.bundle import Bundle
 
 
@@ -40,7 +41,7 @@ class SceneResult:
                 "argmax_agreement": self.agreement, "accuracy": self.accuracy}
 
 
-def heldout_questions(bundle: Bundle, scenes: int, start: int = 0, progress: bool = False) -> QASet:
+def heldout_questions(bundle: Bundle, scenes: int, start: int = 0, progress: Progress = SILENT) -> QASet:
     """Questions on held-out scenes ``start .. start+scenes``, encoded with the bundle's tokenizer."""
     questions = QuestionEncoder.from_file(bundle.file("tokenizer.json"), int(bundle.model["max_text_len"]))
     return build_qa_set(split_seeds("heldout", scenes, start=start), questions,
@@ -95,22 +96,22 @@ def _side(runners: Mapping[str, Runs], qa: QASet, idx: np.ndarray, visual_dim: i
 
 
 def compare_scenes(reference: Mapping[str, Runs], candidate: Mapping[str, Runs], qa: QASet, visual_dim: int,
-                   batch_size: int = 64, progress: Callable[[str], None] | None = None) -> SceneResult:
+                   batch_size: int = 64, progress: Progress = SILENT) -> SceneResult:
     """Compare both sides (each ``{"region_encoder": ..., "fusion": ...}``) on every question of ``qa``."""
     accumulators: dict[str, MetricAccumulator] = {}
     agree = correct_ref = correct_cand = 0
-    for start in range(0, len(qa), batch_size):
-        if progress is not None:
-            progress(f"questions {start}-{min(start + batch_size, len(qa))} of {len(qa)}")
-        idx = np.arange(start, min(start + batch_size, len(qa)))
-        ref, cand = _side(reference, qa, idx, visual_dim), _side(candidate, qa, idx, visual_dim)
-        for name, value in ref.items():
-            accumulators.setdefault(name, MetricAccumulator()).add(value, cand[name])
-        ref_pred, cand_pred = ref["logits"].argmax(axis=1), cand["logits"].argmax(axis=1)
-        answers = qa.answer_index[idx]
-        agree += int((ref_pred == cand_pred).sum())
-        correct_ref += int((ref_pred == answers).sum())
-        correct_cand += int((cand_pred == answers).sum())
+    with progress.phase("scenes", total=len(qa), unit="question") as bar:
+        for start in range(0, len(qa), batch_size):
+            idx = np.arange(start, min(start + batch_size, len(qa)))
+            ref, cand = _side(reference, qa, idx, visual_dim), _side(candidate, qa, idx, visual_dim)
+            for name, value in ref.items():
+                accumulators.setdefault(name, MetricAccumulator()).add(value, cand[name])
+            ref_pred, cand_pred = ref["logits"].argmax(axis=1), cand["logits"].argmax(axis=1)
+            answers = qa.answer_index[idx]
+            agree += int((ref_pred == cand_pred).sum())
+            correct_ref += int((ref_pred == answers).sum())
+            correct_cand += int((cand_pred == answers).sum())
+            bar.update(len(idx))
     total = max(1, len(qa))
     return SceneResult(
         scenes=len(qa.region_offsets) - 1, questions=len(qa),
