@@ -101,6 +101,14 @@ def find_triton(python: str | Path | None = None) -> TritonInstall:
     return install
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the server gets SIGTERM if the launcher dies without stopping it (kill -9), never orphaned."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def free_port() -> int:
     """A TCP port free on loopback now (the kernel's choice)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -181,7 +189,8 @@ class TritonServer:
         # Own session: a terminal's Ctrl-C reaches us, not the server; stop() ends the whole group.
         self.process = subprocess.Popen(self.command(backend_dir), env=self.install.environment(),
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        text=True, errors="replace", start_new_session=True)
+                                        text=True, errors="replace", start_new_session=True,
+                                        preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         threading.Thread(target=self._pump, name="tritonserver-log", daemon=True).start()
         deadline = time.monotonic() + timeout
         while not self.is_ready():
