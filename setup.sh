@@ -9,5 +9,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[all]"
+# Serving venv for Triton (`fusionrt serve`, tests/test_triton_server.py): nvidia-pytriton pins numpy<2, so it
+# lives apart from .venv, and it has no torch (the serving path is torch-free).
+if [ ! -x .venv-serve/bin/python ]; then
+  "$PYTHON" -m venv .venv-serve
+fi
+.venv-serve/bin/python -m pip install --quiet -c constraints.txt -e ".[serve]"
 .venv/bin/fusionrt render --seed 7 scene.png
 .venv/bin/fusionrt ask scene.png "How many objects are there?" --top 3

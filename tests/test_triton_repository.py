@@ -103,6 +103,7 @@ def test_dynamic_batching_off_and_repository_replaced(bundle, tmp_path):
     (RepositoryOptions(max_batch=65), "max_batch"),
     (RepositoryOptions(instances=0), "instances"),
     (RepositoryOptions(backend="tensorrt"), "plan"),
+    (RepositoryOptions(answer_calls="ensemble"), "answer_calls"),
 ])
 def test_bad_options_are_refused_before_writing(bundle, tmp_path, options, name):
     with pytest.raises(InputError) as caught:

@@ -23,6 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "-1 turns dynamic batching off")
     parser.add_argument("--plan", default=None,
                         help="TensorRT engine of the fusion graph for --backend tensorrt (one profile per instance)")
+    parser.add_argument("--answer-calls", default="bls", choices=("bls", "local"),
+                        help="answer model: call the fusion and region_encoder models (bls, default) or run both "
+                             "graphs in its own process (local)")
     parser.set_defaults(handler=run)
 
 
@@ -32,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
 
     options = RepositoryOptions(
         backend=args.backend, precision=args.precision, max_batch=args.max_batch, instances=args.instances,
-        queue_delay_us=None if args.queue_delay_us < 0 else args.queue_delay_us, plan=args.plan)
+        queue_delay_us=None if args.queue_delay_us < 0 else args.queue_delay_us, plan=args.plan,
+        answer_calls=args.answer_calls)
     out = write_repository(args.bundle, args.out, options, progress=progress_for(args.quiet))
     print(f"wrote {out}: models fusion ({options.backend}), region_encoder, answer")
     return 0

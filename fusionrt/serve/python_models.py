@@ -175,7 +175,7 @@ class AnswerModel(_BundleModel):
         from fusionrt.app import BundlePipeline
 
         if self.parameters.get("calls", "bls") == "local":
-            self.pipeline = BundlePipeline(self.bundle)
+            self.pipeline = BundlePipeline(self.bundle.path)
             self.sessions = (self.pipeline.region_encoder, self.pipeline.fusion)
         else:
             from fusionrt.data.tokenizer import QuestionEncoder

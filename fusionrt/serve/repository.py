@@ -38,6 +38,7 @@ from fusionrt.serve.config import (
 )
 
 BACKENDS = ("python", "onnxruntime", "tensorrt")
+ANSWER_CALLS = ("bls", "local")
 REPOSITORY_MARKER = "fusionrt.json"
 FUSION, REGION_ENCODER, ANSWER = "fusion", "region_encoder", "answer"
 # From benchmarks/bench_triton.py (RESULTS.md): a short delay is enough for requests to meet on 2 cores.
@@ -57,7 +58,9 @@ class RepositoryOptions:
 
     ``max_batch``: Triton's ``max_batch_size`` (default: the bundle's batch limit). ``queue_delay_us``:
     the dynamic batcher's delay; ``None`` turns dynamic batching off. ``plan``: the TensorRT engine file
-    for ``backend="tensorrt"`` (built with at least ``instances`` optimization profiles).
+    for ``backend="tensorrt"`` (built with at least ``instances`` optimization profiles). ``answer_calls``:
+    ``bls`` (the answer model calls the fusion and region_encoder models) or ``local`` (it runs both graphs
+    itself on onnxruntime).
     """
 
     backend: str = "python"
@@ -66,6 +69,7 @@ class RepositoryOptions:
     instances: int = 1
     queue_delay_us: int | None = DEFAULT_QUEUE_DELAY_US
     plan: str | None = None
+    answer_calls: str = "bls"
 
     def check(self, bundle: Bundle) -> None:
         if self.backend not in BACKENDS:
@@ -76,6 +80,8 @@ class RepositoryOptions:
             raise InputError("max_batch", f"1 to {limit} (the bundle's batch limit)", str(self.max_batch))
         if self.instances < 1:
             raise InputError("instances", "at least 1", str(self.instances))
+        if self.answer_calls not in ANSWER_CALLS:
+            raise InputError("answer_calls", f"one of {list(ANSWER_CALLS)}", repr(self.answer_calls))
         if self.queue_delay_us is not None and self.queue_delay_us < 0:
             raise InputError("queue_delay_us", "0 or more microseconds", str(self.queue_delay_us))
         if self.backend == "tensorrt" and (self.plan is None or not Path(self.plan).is_file()):
@@ -189,7 +195,8 @@ def write_repository(bundle: str | Path | Bundle, out: str | Path, options: Repo
             (REGION_ENCODER, lambda: writer.graph_model(REGION_ENCODER, region_backend, region_precision,
                                                         region_max)),
             (ANSWER, lambda: writer.python_model(ANSWER, "AnswerModel", ANSWER_INPUTS, ANSWER_OUTPUTS,
-                                                 writer.max_batch, {}, options.instances)),
+                                                 writer.max_batch, {"calls": options.answer_calls},
+                                                 options.instances)),
         ]
         for _name, step in progress.iterate(steps, "models"):
             step()
