@@ -59,17 +59,18 @@ def answer_payloads() -> list[tuple[bytes, str]]:
     return out
 
 
-def _client_inputs(module, model: str, index: int):
+def _client_inputs(module, model: str, payload) -> list[list]:
+    """Prepared InferInputs: one set for fusion, one per (PNG, question) for answer."""
     if model == "fusion":
         inputs = []
-        for name, value in fusion_payload().items():
+        for name, value in payload.items():
             tensor = module.InferInput(name, list(value.shape), "BOOL" if value.dtype == bool else
                                        {"int64": "INT64", "float32": "FP32"}[value.dtype.name])
             tensor.set_data_from_numpy(value)
             inputs.append(tensor)
         return [inputs]
     variants = []
-    for image, question in answer_payloads()[index % 4::4]:
+    for image, question in payload:
         a = module.InferInput("image", [1, 1], "BYTES")
         a.set_data_from_numpy(np.array([[image]], dtype=np.object_))
         b = module.InferInput("question", [1, 1], "BYTES")
@@ -78,22 +79,26 @@ def _client_inputs(module, model: str, index: int):
     return variants
 
 
-def client_process(protocol: str, url: str, model: str, index: int, start_at: float, seconds: float) -> list[float]:
-    """One client: back-to-back requests from ``start_at`` for ``seconds``; returns latencies in ms."""
+def client_process(protocol: str, url: str, model: str, payload, start_at: float,
+                   seconds: float) -> tuple[list[float], bool]:
+    """One client: back-to-back requests from ``start_at`` for ``seconds``; latencies in ms, and whether
+    it was ready late (then its share of the window is short and the block is reported as such)."""
     if protocol == "http":
         import tritonclient.http as module
     else:
         import tritonclient.grpc as module
     client = module.InferenceServerClient(url)
-    variants = _client_inputs(module, model, index)
+    variants = _client_inputs(module, model, payload)
     client.infer(model, variants[0])  # connection set up outside the timed window
+    late = time.time() > start_at
     time.sleep(max(0.0, start_at - time.time()))
     latencies, end, i = [], start_at + seconds, 0
-    while (now := time.perf_counter()) and time.time() < end:
+    while time.time() < end:
+        start = time.perf_counter()
         client.infer(model, variants[i % len(variants)])
-        latencies.append((time.perf_counter() - now) * 1e3)
+        latencies.append((time.perf_counter() - start) * 1e3)
         i += 1
-    return latencies
+    return latencies, late
 
 
 def summarize(latencies: list[float], seconds: float) -> dict[str, float]:
@@ -102,12 +107,16 @@ def summarize(latencies: list[float], seconds: float) -> dict[str, float]:
             "p99_ms": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]}
 
 
-def load(pool, clients: int, protocol: str, url: str, model: str, seconds: float) -> dict[str, float]:
-    start_at = time.time() + 1.5  # every client connected and warm before the window opens
-    jobs = [pool.apply_async(client_process, (protocol, url, model, i, start_at, seconds)) for i in range(clients)]
-    latencies = [x for job in jobs for x in job.get(timeout=seconds + 120)]
+def load(pool, clients: int, protocol: str, url: str, model: str, payloads, seconds: float) -> dict[str, float]:
+    start_at = time.time() + 4.0  # every client connected and warm before the window opens
+    jobs = [pool.apply_async(client_process, (protocol, url, model, payloads[i % len(payloads)], start_at, seconds))
+            for i in range(clients)]
+    results = [job.get(timeout=seconds + 120) for job in jobs]
+    late = sum(late for _, late in results)
+    if late:
+        log(f"  warning: {late} of {clients} clients were ready after the window opened")
     time.sleep(PAUSE_SECONDS)
-    return summarize(latencies, seconds)
+    return {**summarize([x for latencies, _ in results for x in latencies], seconds), "late_clients": late}
 
 
 def local_ceiling(bundle: Path, clients: int, seconds: float) -> dict[str, dict[str, float]]:
@@ -206,6 +215,9 @@ def main() -> int:
         ("batching on, local", RepositoryOptions(queue_delay_us=delay, answer_calls="local"), ("answer",)),
     ]
     rows = [{"model": m, "setup": "local", "protocol": "-", **ceiling[m], "ratio": 1.0} for m in ceiling]
+    scenes = answer_payloads()
+    # fusion: every client the same row; answer: each client cycles through its own 4 of the 16 scenes
+    payloads = {"fusion": [fusion_payload()], "answer": [scenes[i::4] for i in range(4)]}
     context = multiprocessing.get_context("spawn")
     with context.Pool(args.clients) as pool:
         for name, options, models in setups:
@@ -215,7 +227,7 @@ def main() -> int:
                 for model in models:
                     for protocol in ("http", "grpc"):
                         url = f"127.0.0.1:{server.http_port if protocol == 'http' else server.grpc_port}"
-                        result = load(pool, args.clients, protocol, url, model, args.seconds)
+                        result = load(pool, args.clients, protocol, url, model, payloads[model], args.seconds)
                         ratio = result["rps"] / ceiling[model]["rps"]
                         rows.append({"model": model, "setup": f"{name}, {protocol}", "protocol": protocol,
                                      **result, "ratio": ratio})

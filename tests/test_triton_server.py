@@ -85,6 +85,8 @@ def served(bundle, tmp_path_factory):
     if process.poll() is None:  # a test failed before the stop test: stop it the clean way
         process.send_signal(signal.SIGTERM)
         process.wait(60)
+    process.stdout.close()
+    process.stderr.close()
 
 
 def png(pixels: np.ndarray) -> bytes:
