@@ -6,9 +6,10 @@
 N client processes send one-row requests back to back for a bounded time (each block ``--seconds``,
 a pause between blocks), for: the fusion model alone and the whole ``answer`` pipeline (PNG +
 question -> answer), over HTTP and gRPC, with dynamic batching on and off, and the answer model
-calling the two graphs by BLS or running them itself (``local``). The ceiling, measured in the same
-run: the local :class:`fusionrt.runtime.Session` (fusion) and the same torch-free pipeline without
-Triton (answer), driven by N threads. Prints p50 / p99 latency, requests per second and the ratio
+calling the two graphs by BLS or running them itself, and a few more queue delays (fusion, gRPC).
+The ceiling, measured in the same run before and after the server blocks (mean of the two): the local
+:class:`fusionrt.runtime.Session` (fusion) and the same torch-free pipeline without Triton (answer),
+driven by N threads. Prints p50 / p99 latency, requests per second and the ratio
 to the local ceiling, as a Markdown table.
 """
 
@@ -30,6 +31,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 PAUSE_SECONDS = 1.0
+PROTOCOLS = ("http", "grpc")
 SCENE_SEEDS = range(1_000_000, 1_000_016)  # held-out range start (fusionrt.data.world.SPLIT_SIZE)
 
 
@@ -167,11 +169,11 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 6.5))
     for ax, model in zip(axes, ("fusion", "answer"), strict=True):
         picked = [r for r in rows if r["model"] == model]
-        labels = [r["setup"].replace(", ", "\n") for r in picked]
-        colors = ["tab:gray" if r["setup"] == "local" else "tab:blue" for r in picked]
+        labels = [r["setup"].replace(", ", "\n").replace(" (mean", "\n(mean") for r in picked]
+        colors = ["tab:gray" if r["setup"].startswith("local") else "tab:blue" for r in picked]
         ax.barh(labels, [r["rps"] for r in picked], color=colors)
         for y, r in enumerate(picked):
             ax.text(r["rps"], y, f" {r['rps']:.0f}  ({100 * r['ratio']:.0f}%)", va="center", fontsize=8)
@@ -191,6 +193,8 @@ def main() -> int:
     parser.add_argument("--python", default=str(ROOT / ".venv-serve" / "bin" / "python"),
                         help="serving interpreter (nvidia-pytriton + fusionrt)")
     parser.add_argument("--queue-delay-us", type=int, default=None, help="dynamic batching delay (default: ours)")
+    parser.add_argument("--sweep-delays", default="500,8000",
+                        help="more queue delays (us) tried on the fusion model over gRPC, comma-separated")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None)
     args = parser.parse_args()
@@ -208,33 +212,44 @@ def main() -> int:
         bundle = export_checkpoint(None, work / "bundle")
     load_before = os.getloadavg()
     log(f"local ceiling: {args.clients} threads x {args.seconds} s per model")
-    ceiling = local_ceiling(bundle, args.clients, args.seconds)
+    ceiling_before = local_ceiling(bundle, args.clients, args.seconds)
+    sweep = [int(d) for d in args.sweep_delays.split(",") if d]
+    # (label, options, models, protocols); the answer model's calls only matter to the answer rows
     setups = [
-        ("batching on, bls", RepositoryOptions(queue_delay_us=delay), ("fusion", "answer")),
-        ("batching off, bls", RepositoryOptions(queue_delay_us=None), ("fusion", "answer")),
-        ("batching on, local", RepositoryOptions(queue_delay_us=delay, answer_calls="local"), ("answer",)),
+        (f"batching on ({delay} us)", RepositoryOptions(queue_delay_us=delay), ("fusion", "answer"), PROTOCOLS),
+        ("batching off", RepositoryOptions(queue_delay_us=None), ("fusion", "answer"), PROTOCOLS),
+        (f"batching on ({delay} us), answer runs both graphs itself",
+         RepositoryOptions(queue_delay_us=delay, answer_calls="local"), ("answer",), PROTOCOLS),
+        *((f"batching on ({d} us)", RepositoryOptions(queue_delay_us=d), ("fusion",), ("grpc",)) for d in sweep),
     ]
-    rows = [{"model": m, "setup": "local", "protocol": "-", **ceiling[m], "ratio": 1.0} for m in ceiling]
     scenes = answer_payloads()
     # fusion: every client the same row; answer: each client cycles through its own 4 of the 16 scenes
     payloads = {"fusion": [fusion_payload()], "answer": [scenes[i::4] for i in range(4)]}
+    measured = []
     context = multiprocessing.get_context("spawn")
     with context.Pool(args.clients) as pool:
-        for name, options, models in setups:
+        for name, options, models, protocols in setups:
             repo = write_repository(bundle, work / "repo", options)
             with TritonServer(repo, python=args.python) as server:
                 log(f"{name}: server pid {server.pid}")
                 for model in models:
-                    for protocol in ("http", "grpc"):
+                    for protocol in protocols:
                         url = f"127.0.0.1:{server.http_port if protocol == 'http' else server.grpc_port}"
                         result = load(pool, args.clients, protocol, url, model, payloads[model], args.seconds)
-                        ratio = result["rps"] / ceiling[model]["rps"]
-                        rows.append({"model": model, "setup": f"{name}, {protocol}", "protocol": protocol,
-                                     **result, "ratio": ratio})
+                        measured.append({"model": model, "setup": f"{name}, {protocol}", **result})
                         log(f"  {model} {protocol}: {result['rps']:.0f} req/s, p50 {result['p50_ms']:.1f} ms, "
-                            f"p99 {result['p99_ms']:.1f} ms, {100 * ratio:.0f}% of local")
-    print(f"{args.clients} clients, {args.seconds:g} s per block, queue delay {delay} us, one-row requests, "
-          f"load average before {load_before[0]:.2f} / after {os.getloadavg()[0]:.2f} (machine shared)\n")
+                            f"p99 {result['p99_ms']:.1f} ms")
+    log("local ceiling again (the machine is shared: its load moves)")
+    ceiling_after = local_ceiling(bundle, args.clients, args.seconds)
+    ceiling = {m: {k: (ceiling_before[m][k] + ceiling_after[m][k]) / 2 for k in ceiling_before[m]}
+               for m in ceiling_before}
+    rows = [{"model": m, "setup": "local (mean of before/after)", **ceiling[m], "ratio": 1.0} for m in ceiling]
+    rows += [{**r, "ratio": r["rps"] / ceiling[r["model"]]["rps"]} for r in measured]
+    rows.sort(key=lambda r: r["model"] != "fusion")
+    print(f"{args.clients} clients, {args.seconds:g} s per block, one-row requests, 1 instance per model, "
+          f"load average before {load_before[0]:.2f} / after {os.getloadavg()[0]:.2f} (machine shared); local "
+          f"req/s before / after: fusion {ceiling_before['fusion']['rps']:.0f} / {ceiling_after['fusion']['rps']:.0f}, "
+          f"answer {ceiling_before['answer']['rps']:.0f} / {ceiling_after['answer']['rps']:.0f}\n")
     print("| model | setup | req/s | p50 ms | p99 ms | share of local |")
     print("|---|---|---|---|---|---|")
     for r in rows:
@@ -242,6 +257,7 @@ def main() -> int:
               f"{100 * r['ratio']:.0f}% |")
     if args.json:
         args.json.write_text(json.dumps({"clients": args.clients, "seconds": args.seconds, "queue_delay_us": delay,
+                                         "local_before": ceiling_before, "local_after": ceiling_after,
                                          "rows": rows}, indent=2))
     if args.plot:
         plot(rows, args.plot)
