@@ -185,7 +185,8 @@ class AnswerModel(_BundleModel):
                 self.bundle.file("tokenizer.json"), int(self.bundle.model["max_text_len"]))
             self.pipeline.answers = json.loads(self.bundle.file("answers.json").read_text())
             self.pipeline.max_visual_len = int(self.bundle.model["max_visual_len"])
-        self.fusion_max_batch = int(self.bundle.model.get("max_batch", self.max_batch))
+        # The repository gives fusion the answer model's max_batch_size: one fusion call per execute.
+        self.fusion_max_batch = self.max_batch
 
     def execute_batch(self, requests: list[Any]) -> list[Any]:
         from fusionrt.serve.answering import answer_logits, image_from_bytes, prepare, question_from_bytes, softmax
