@@ -6,6 +6,7 @@ reference (Session, Answerer) run here. Requests are sent from threads at once, 
 batcher merges requests of different T and M into one execution.
 """
 
+import contextlib
 import io
 import os
 import shutil
@@ -240,3 +241,22 @@ def test_sigterm_to_the_launcher_pid_stops_everything(served):
     assert left_behind(info) == []
     with pytest.raises(ProcessLookupError):
         os.kill(info["pid"], 0)
+
+
+def test_a_killed_launcher_takes_its_server_down(served):
+    """kill -9 of `fusionrt serve` cannot run its shutdown: the server gets SIGTERM from the kernel
+    (PR_SET_PDEATHSIG) and removes its own shared memory."""
+    process, info = start_server(served["repo"], served["python"])
+    try:
+        assert left_behind(info)
+        process.kill()
+        process.wait(10)
+        deadline = time.monotonic() + 60
+        while left_behind(info) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert left_behind(info) == []
+    finally:
+        process.stdout.close()
+        process.stderr.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(info["pid"], signal.SIGKILL)
