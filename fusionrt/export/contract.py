@@ -26,7 +26,8 @@ def _middle(high: int) -> int:
 
 def fusion_spec(*, vocab_size: int, visual_dim: int, hidden: int, num_answers: int, max_text_len: int,
                 max_visual_len: int, max_batch: int) -> GraphSpec:
-    """Batch up to ``max_batch``; one question per row is the size to tune for; M may be empty (padded)."""
+    """Batch up to ``max_batch``; one question per row is the size to tune for; M may be empty (padded).
+    Both masks are prefixes: each row's real tokens / regions first, padding after."""
     dims = {
         "B": DimRange(1, 1, max_batch),
         "T": DimRange(1, _middle(max_text_len), max_text_len),
@@ -36,9 +37,9 @@ def fusion_spec(*, vocab_size: int, visual_dim: int, hidden: int, num_answers: i
         FUSION,
         inputs=(
             TensorSpec("input_ids", "int64", ("B", "T"), (0, vocab_size - 1)),
-            TensorSpec("text_mask", "bool", ("B", "T")),
+            TensorSpec("text_mask", "bool", ("B", "T"), prefix_mask=True),
             TensorSpec("visual_feats", "float32", ("B", "M", visual_dim)),
-            TensorSpec("visual_mask", "bool", ("B", "M")),
+            TensorSpec("visual_mask", "bool", ("B", "M"), prefix_mask=True),
         ),
         outputs=(TensorSpec("hidden", "float32", ("B", "T", hidden)),
                  TensorSpec("logits", "float32", ("B", num_answers))),
