@@ -36,7 +36,7 @@ def test_cli_export_prints_what_it_verified(checkpoint, tmp_path, capsys):
     assert main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "b"), "--json"]) == 0
     captured = capsys.readouterr()
     result = json.loads(captured.out)
-    assert result["opset"] == 17 and result["verification"]["graphs"]["fusion"]["points"] == 27
+    assert result["opset"] == 17 and result["verification"]["graphs"]["fusion"]["points"] == 28
     assert "exporting fusion" in captured.err  # progress goes to stderr
 
 

@@ -41,5 +41,5 @@ def test_a_left_padded_calibration_feed_is_refused(bundle, tmp_path):
     rows = feed(batch=4, text=6, visual=3)
     rows["text_mask"][2] = [False, True, True, True, True, True]
     np.savez(tmp_path / "left.npz", **rows)
-    with pytest.raises(CalibrationError, match="left.npz.*text_mask: expected a prefix mask"):
+    with pytest.raises(CalibrationError, match=r"left\.npz.*text_mask: expected a prefix mask"):
         load_directory(tmp_path, bundle.graph("fusion"), min_samples=1)

@@ -22,7 +22,7 @@ from fusionrt.calibration.errors import BudgetExceededError, CalibrationError, Q
 from fusionrt.calibration.fp16 import DEFAULT_KEEP_FP32, convert_fp16
 from fusionrt.calibration.manifest import BundleTransaction
 from fusionrt.calibration.qdq import CPU, TENSORRT, Recipe, write_qdq
-from fusionrt.calibration.ranges import DEFAULT_METHOD, DEFAULT_PERCENTILE, Ranges, collect_ranges, write_trt_cache
+from fusionrt.calibration.ranges import DEFAULT_METHOD, DEFAULT_PERCENTILE, Ranges, collect_ranges
 from fusionrt.calibration.samples import (
     DEFAULT_SAMPLES,
     MIN_SAMPLES,
@@ -38,7 +38,6 @@ from fusionrt.runtime.bundle import Bundle, graph_filename
 
 Progress = Callable[[str], None]
 FUSION, REGION_ENCODER = "fusion", "region_encoder"
-TRT_CACHE_FILE = "fusion.int8.calibration.cache"
 RANGES_FILE = "fusion.int8.ranges.json"
 
 
@@ -143,8 +142,9 @@ def quantize_int8(bundle_dir: str | Path, method: str = DEFAULT_METHOD, percenti
                   sensitivity: bool = True, ranges: Ranges | None = None, evaluator: HeldoutEvaluator | None = None,
                   recipes: Sequence[Recipe] = (TENSORRT, CPU), progress: Progress | None = None) -> dict[str, Any]:
     """Collect ranges once over the bundle's calibration set, write ``fusion.int8.onnx`` (TensorRT Q/DQ),
-    ``fusion.int8-cpu.onnx`` (ORT CPU U8S8) and the TensorRT calibration cache from them, check each graph's
-    budget (excluding the fewest sensitive nodes if ``sensitivity``), and register them."""
+    ``fusion.int8-cpu.onnx`` (ORT CPU U8S8) and ``fusion.int8.ranges.json`` from them, check each graph's
+    budget (excluding the fewest sensitive nodes if ``sensitivity``), and register them. ``budget``: one
+    budget for every graph; by default each graph gets ``BUDGETS[its precision]``."""
     with BundleTransaction(bundle_dir) as tx:
         return _quantize_int8(tx, method, percentile, heldout_scenes, budget, sensitivity, ranges, evaluator,
                               recipes, progress)
@@ -156,7 +156,6 @@ def _quantize_int8(tx: BundleTransaction, method: str, percentile: float, heldou
                    progress: Progress | None) -> dict[str, Any]:
     bundle = tx.bundle
     fp32 = fp32_fusion_path(bundle)
-    budget = budget or BUDGETS["int8"]
     started = time.perf_counter()
     if ranges is None:
         data = load_calibration(bundle)
@@ -169,35 +168,38 @@ def _quantize_int8(tx: BundleTransaction, method: str, percentile: float, heldou
         staged: dict[str, Path] = {}
         graphs: dict[str, Any] = {}
         for recipe in recipes:
+            # Each graph meets its own precision's budget (BUDGETS["int8"], BUDGETS["int8-cpu"]) unless the
+            # caller passed one budget for all.
+            recipe_budget = budget or BUDGETS[recipe.precision]
             name = graph_filename(FUSION, recipe.precision)
             if progress:
                 progress(f"writing {name}")
             write_qdq(fp32, stage / name, ranges, recipe)
             measurement = evaluator.measure_path(stage / name)
             entry: dict[str, Any] = {"file": name, "excluded": [],
-                                     "heldout": {"scenes": evaluator.scenes, **measurement.to_dict(budget)}}
-            if measurement.failures(budget):
+                                     "heldout": {"scenes": evaluator.scenes, **measurement.to_dict(recipe_budget)}}
+            if measurement.failures(recipe_budget):
                 if not sensitivity:
-                    raise BudgetExceededError(f"{recipe.precision} graph", f"within {budget.to_dict()}",
-                                              "; ".join(measurement.failures(budget)),
+                    raise BudgetExceededError(f"{recipe.precision} graph", f"within {recipe_budget.to_dict()}",
+                                              "; ".join(measurement.failures(recipe_budget)),
                                               {"graphs": {**graphs, recipe.precision: entry}})
                 from fusionrt.calibration.sensitivity import exclude_for_budget
 
-                found = exclude_for_budget(fp32, ranges, recipe, evaluator, budget, progress)
+                found = exclude_for_budget(fp32, ranges, recipe, evaluator, recipe_budget, progress)
                 write_qdq(fp32, stage / name, ranges, recipe, exclude=found["excluded"])
                 after = evaluator.measure_path(stage / name)
                 entry.update(excluded=found["excluded"], sensitivity=found,
-                             before_exclusion=measurement.to_dict(budget),
-                             heldout={"scenes": evaluator.scenes, **after.to_dict(budget)})
+                             before_exclusion=measurement.to_dict(recipe_budget),
+                             heldout={"scenes": evaluator.scenes, **after.to_dict(recipe_budget)})
             staged[name] = stage / name
             graphs[recipe.precision] = entry
-        write_trt_cache(ranges, stage / TRT_CACHE_FILE)
+        # No TensorRT legacy calibration cache: see ranges.write_trt_cache for why and how to write one.
         atomic_write_json(stage / RANGES_FILE, ranges.to_dict())
-        staged[TRT_CACHE_FILE], staged[RANGES_FILE] = stage / TRT_CACHE_FILE, stage / RANGES_FILE
+        staged[RANGES_FILE] = stage / RANGES_FILE
         calibration = bundle.manifest.get("calibration", {})
         report = {"precision": "int8", "created_utc": _now(), "method": ranges.label, "samples": ranges.samples,
                   "calibration_sha256": calibration.get("sha256"), "tensors": len(ranges.values),
-                  "trt_calibration_cache": TRT_CACHE_FILE, "ranges_file": RANGES_FILE, "graphs": graphs,
+                  "ranges_file": RANGES_FILE, "graphs": graphs,
                   "seconds": round(time.perf_counter() - started, 1)}
         _publish(tx, staged, [r.precision for r in recipes], report)
         return report

@@ -61,6 +61,12 @@ def region_encoder_spec(*, crop_size: int, geometry_dim: int, feature_dim: int, 
     )
 
 
+def max_corner(graph: GraphSpec) -> dict[str, int]:
+    """Every dynamic dim at its declared max at once: the largest shape a TensorRT profile built from
+    the manifest admits, so export verification must run it at least once."""
+    return {symbol: rng.max for symbol, rng in graph.dims.items()}
+
+
 def example_size(prefer: int, upper: int, taken: Iterable[int]) -> int:
     """A size near ``prefer``, within ``[2, upper]`` and different from ``taken``.
 
