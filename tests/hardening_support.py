@@ -29,6 +29,15 @@ def export_tiny(model, out: Path) -> Path:
     return export_onnx(model, out, **LIMITS)
 
 
+def shared_bundle(tmp_path_factory) -> Path:
+    """The tiny model's bundle, exported once per pytest session for every hardening test module (read-only:
+    copy it before damaging it)."""
+    path = tmp_path_factory.getbasetemp() / "hardening-shared" / "bundle"
+    if not (path / "manifest.json").is_file():
+        export_tiny(tiny_model(), path)
+    return path
+
+
 def feed(batch: int = 2, text: int = 5, visual: int = 3, seed: int = 0) -> dict[str, np.ndarray]:
     """A valid fusion feed of the tiny contract with prefix masks (row 0 full, later rows padded)."""
     rng = np.random.default_rng(seed)
@@ -63,3 +72,22 @@ class GatedRunner(Runner):
 
     def deactivate_impl(self) -> None:
         self.engine = None
+
+
+# Hypothesis profiles: "ci" (default) is derandomized and small enough that every property test
+# together stays under 60 s on 2 cores; "nightly" explores far more. Choose with
+# FUSIONRT_HYPOTHESIS_PROFILE=nightly.
+def _register_profiles() -> None:
+    import os
+
+    from hypothesis import HealthCheck, settings
+
+    quiet = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large]
+    settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True, suppress_health_check=quiet,
+                              print_blob=True)
+    settings.register_profile("nightly", max_examples=1000, deadline=None, suppress_health_check=quiet,
+                              print_blob=True)
+    settings.load_profile(os.environ.get("FUSIONRT_HYPOTHESIS_PROFILE", "ci"))
+
+
+_register_profiles()

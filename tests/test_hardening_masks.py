@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hardening_support import export_tiny, feed, tiny_model
+from hardening_support import feed, shared_bundle
 
 from fusionrt.calibration import CalibrationError
 from fusionrt.calibration.samples import load_directory
@@ -12,7 +12,7 @@ from fusionrt.runtime import Bundle, Session
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    return Bundle.open(export_tiny(tiny_model(), tmp_path_factory.mktemp("masks") / "bundle"))
+    return Bundle.open(shared_bundle(tmp_path_factory))
 
 
 def test_the_manifest_declares_prefix_masks(bundle):

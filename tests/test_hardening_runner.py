@@ -4,7 +4,7 @@ import threading
 import time
 
 import pytest
-from hardening_support import export_tiny, feed, tiny_model
+from hardening_support import feed, shared_bundle
 
 from fusionrt.runtime import BACKENDS, Session
 from fusionrt.runtime.errors import BackendError, SessionClosedError
@@ -12,7 +12,7 @@ from fusionrt.runtime.errors import BackendError, SessionClosedError
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    return export_tiny(tiny_model(), tmp_path_factory.mktemp("runner") / "bundle")
+    return shared_bundle(tmp_path_factory)
 
 
 @pytest.fixture
