@@ -35,9 +35,9 @@ from fusionrt.calibration.samples import (
 )
 from fusionrt.io import atomic_write_json
 from fusionrt.runtime.bundle import Bundle, graph_filename
+from fusionrt.runtime.spec import FUSION, REGION_ENCODER
 
 Progress = Callable[[str], None]
-FUSION, REGION_ENCODER = "fusion", "region_encoder"
 RANGES_FILE = "fusion.int8.ranges.json"
 
 

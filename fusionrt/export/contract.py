@@ -10,11 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from fusionrt.runtime.bundle import graph_filename
-from fusionrt.runtime.spec import DimRange, GraphSpec, TensorSpec
+from fusionrt.runtime.spec import FUSION, FUSION_INPUTS, REGION_ENCODER, DimRange, GraphSpec, TensorSpec
 
-FUSION = "fusion"
-REGION_ENCODER = "region_encoder"
-FUSION_INPUTS = ("input_ids", "text_mask", "visual_feats", "visual_mask")
+__all__ = ["FUSION", "FUSION_INPUTS", "REGION_ENCODER", "example_size", "fusion_spec", "max_corner",
+           "region_encoder_spec"]
 FUSION_OUTPUTS = ("hidden", "logits")
 REGION_INPUTS = ("crops", "geometry")
 REGION_OUTPUTS = ("feats",)

@@ -15,6 +15,13 @@ import numpy as np
 
 from fusionrt.runtime.errors import BundleError
 
+# The graphs a bundle holds, the fusion graph's inputs in order, and the precisions a graph file may have;
+# defined here, the lowest layer, so the exporter, calibration and the runtime share one spelling.
+FUSION = "fusion"
+REGION_ENCODER = "region_encoder"
+FUSION_INPUTS = ("input_ids", "text_mask", "visual_feats", "visual_mask")
+PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu")
+
 # Only these dtypes cross the graph boundary; the names are numpy's.
 DTYPES = ("bool", "int64", "int32", "float32", "float16")
 
