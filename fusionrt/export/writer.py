@@ -19,6 +19,7 @@ from typing import Any
 from fusionrt.export.errors import ExportError
 from fusionrt.io import atomic_write_bytes, atomic_write_json, default_mode
 from fusionrt.runtime.bundle import MANIFEST, is_bundle, read_manifest, sha256_file
+from fusionrt.runtime.errors import BundleError
 from fusionrt.runtime.transaction import BundleTransaction, fault_point
 
 
@@ -66,11 +67,23 @@ class BundleWriter:
             # rename(2) replaces a missing path or an empty directory atomically.
             os.replace(self.path, self.target)
             return self.target
+        try:
+            read_manifest(self.target)
+        except BundleError:
+            return self._replace_broken()
         staged = read_manifest(self.path)
         with BundleTransaction(self.target, verify=False) as tx:
             for name in staged["files"]:
                 tx.adopt(self.path / name, name)
             tx.commit(manifest=staged)
+        return self.target
+
+    def _replace_broken(self) -> Path:
+        # A target whose manifest is unreadable holds no state worth keeping: swap the directory.
+        old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old-", dir=self.target.parent))
+        os.replace(self.target, old / "bundle")
+        os.replace(self.path, self.target)
+        shutil.rmtree(old, ignore_errors=True)
         return self.target
 
     def discard(self) -> None:

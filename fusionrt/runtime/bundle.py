@@ -141,13 +141,16 @@ class Bundle:
             if file.is_symlink() and root not in file.resolve().parents:
                 raise BundleError(name, f"a file inside the bundle {self.path}",
                                   f"a link to {os.readlink(file)}, outside it (refused, not read)")
-            if not file.is_file():
-                raise BundleError(name, f"a file of the bundle at {file}", "nothing (missing file)")
-            size = file.stat().st_size
-            if "bytes" in entry and size != entry["bytes"]:
-                raise BundleError(name, f"{entry['bytes']} bytes as in {MANIFEST}",
-                                  f"{size} bytes (truncated or altered file)")
-            digest = sha256_file(file)
+            try:
+                if not file.is_file():
+                    raise FileNotFoundError(file)
+                size = file.stat().st_size
+                if "bytes" in entry and size != entry["bytes"]:
+                    raise BundleError(name, f"{entry['bytes']} bytes as in {MANIFEST}",
+                                      f"{size} bytes (truncated or altered file)")
+                digest = sha256_file(file)
+            except FileNotFoundError as exc:  # also when a writer removed it while we checked
+                raise BundleError(name, f"a file of the bundle at {file}", "nothing (missing file)") from exc
             if digest != entry["sha256"]:
                 raise BundleError(name, f"sha256 {entry['sha256']} as in {MANIFEST}",
                                   f"sha256 {digest} (altered file)")

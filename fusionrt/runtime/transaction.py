@@ -124,7 +124,11 @@ class BundleTransaction:
     def _lock(self) -> None:
         deadline = time.monotonic() + self.timeout
         while True:
-            fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as exc:
+                raise BundleError(str(self.path), "a bundle directory this process may write to",
+                                  f"{type(exc).__name__}: {exc.strerror}") from exc
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
