@@ -47,3 +47,42 @@ def test_export_replaces_a_bundle_whose_manifest_is_broken(tmp_path_factory, tmp
     export_tiny(tiny_model(), bundle)
     assert Bundle.open(bundle).manifest["graphs"]["fusion"]["precisions"] == {"fp32": "fusion.onnx"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+def _feed_dir(directory: Path, seed: int) -> Path:
+    import numpy as np
+    from hardening_support import feed
+
+    directory.mkdir()
+    np.savez(directory / "set.npz", **feed(batch=32, text=6, visual=4, seed=seed))
+    return directory
+
+
+def test_readers_during_repeated_calibrate_never_see_a_broken_bundle(tmp_path_factory, tmp_path):
+    """Before the transaction, calibrate replaced calibration.npz and then rewrote the manifest: a reader
+    in between failed the hash check."""
+    from fusionrt.calibration import calibrate
+
+    bundle = Path(shutil.copytree(shared_bundle(tmp_path_factory), tmp_path / "bundle"))
+    sets = [_feed_dir(tmp_path / "a", 1), _feed_dir(tmp_path / "b", 2)]
+    stop, errors, opened = threading.Event(), [], [0]
+
+    def reader():
+        while not stop.is_set():
+            try:
+                Bundle.open(bundle)
+                opened[0] += 1
+            except Exception as exc:
+                errors.append(repr(exc))
+
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    for t in readers:
+        t.start()
+    try:
+        for k in range(16):
+            calibrate(bundle, from_dir=sets[k % 2])
+    finally:
+        stop.set()
+        for t in readers:
+            t.join(60)
+    assert errors == [] and opened[0] > 0
