@@ -249,7 +249,7 @@ def test_cli_ask_on_a_bundle_does_not_import_torch(shipped_bundle, tmp_path):
         "import json, sys\n"
         "from fusionrt.cli import main\n"
         f"assert main(['ask', {str(image)!r}, 'How many objects are there?', '--bundle', {str(shipped_bundle)!r},"
-        " '--json']) == 0\n"
+        " '--json', '-']) == 0\n"
         "print('torch' in sys.modules, file=sys.stderr)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
