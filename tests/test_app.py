@@ -101,7 +101,7 @@ def test_cli_render_then_ask(tmp_path, capsys):
     assert main(["render", "--seed", "3", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "wrote" in printed and "expected:" in printed
-    assert main(["ask", str(out), "How many objects are there?", "--json"]) == 0
+    assert main(["ask", str(out), "How many objects are there?", "--json", "-"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["answer"] == str(len(generate_scene(3).objects))
 

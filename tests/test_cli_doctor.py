@@ -8,7 +8,7 @@ from fusionrt.cli import main
 
 
 def test_doctor_json_reports_backends_providers_gpus_and_tensorrt(capsys):
-    assert main(["doctor", "--json"]) == 0
+    assert main(["doctor", "--json", "-"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["packages"]["onnxruntime"]["importable"] is True
     assert report["packages"]["torch"]["importable"] is True

@@ -33,10 +33,10 @@ def test_cli_export_writes_a_verified_bundle(bundle, capsys):
 
 
 def test_cli_export_prints_what_it_verified(checkpoint, tmp_path, capsys):
-    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "b"), "--json"]) == 0
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "b"), "--json", "-"]) == 0
     captured = capsys.readouterr()
     result = json.loads(captured.out)
-    assert result["opset"] == 17 and result["verification"]["graphs"]["fusion"]["points"] == 27
+    assert result["opset"] == 17 and result["verification"]["graphs"]["fusion"]["points"] == 28
     assert captured.err == ""  # progress bars are drawn only when stderr is a terminal (capsys is not)
 
 
@@ -54,7 +54,7 @@ def test_cli_ask_with_bundle_and_backends(bundle, tmp_path, capsys):
     answers = []
     for backend in ("onnxruntime", "torch"):
         assert main(["ask", str(image), "How many objects are there?", "--bundle", str(bundle), "--backend", backend,
-                     "--json"]) == 0
+                     "--json", "-"]) == 0
         answers.append(json.loads(capsys.readouterr().out))
     assert answers[0]["answer"] == answers[1]["answer"]
     assert abs(answers[0]["probability"] - answers[1]["probability"]) < 1e-5

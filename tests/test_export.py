@@ -91,7 +91,7 @@ def test_bundle_files_and_manifest(tiny_bundle):
     outputs = {t["name"]: t for t in manifest["graphs"]["fusion"]["outputs"]}
     assert outputs["hidden"]["shape"] == ["B", "T", 32] and outputs["logits"]["shape"] == ["B", 7]
     grid = manifest["verification"]["graphs"]["fusion"]
-    assert grid["points"] == 27
+    assert grid["points"] == 28 and grid["max_corner"] == "B=64 T=16 M=8"  # 27 grid points + the max corner
     assert all(m["max_abs"] <= 1e-4 for m in grid["worst"].values())
     assert manifest["source"]["kind"] == "module" and len(manifest["source"]["weights_sha256"]["fusion"]) == 64
 
@@ -129,7 +129,7 @@ def test_dynamo_exporter_at_opset_18(tmp_path):
     path = export_onnx(BagOfRegions().eval(), tmp_path / "dyn", exporter="dynamo", opset=18, **SIZES)
     manifest = Bundle.open(path).manifest
     assert manifest["exporter"] == "dynamo" and manifest["opset"] == 18
-    assert manifest["verification"]["graphs"]["fusion"]["points"] == 27
+    assert manifest["verification"]["graphs"]["fusion"]["points"] == 28
 
 
 def test_frozen_dim_fails_verification_and_writes_nothing(tmp_path):
@@ -249,7 +249,7 @@ def test_cli_ask_on_a_bundle_does_not_import_torch(shipped_bundle, tmp_path):
         "import json, sys\n"
         "from fusionrt.cli import main\n"
         f"assert main(['ask', {str(image)!r}, 'How many objects are there?', '--bundle', {str(shipped_bundle)!r},"
-        " '--json']) == 0\n"
+        " '--json', '-']) == 0\n"
         "print('torch' in sys.modules, file=sys.stderr)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)

@@ -25,8 +25,8 @@ from fusionrt.calibration import (
     quantize_fp16,
     quantize_int8,
 )
-from fusionrt.calibration.api import RANGES_FILE, TRT_CACHE_FILE
-from fusionrt.calibration.ranges import parse_trt_cache
+from fusionrt.calibration.api import RANGES_FILE
+from fusionrt.calibration.ranges import Ranges, parse_trt_cache, write_trt_cache
 from fusionrt.export import export_checkpoint
 from fusionrt.parity import fusion_feed
 from fusionrt.runtime import Bundle, Session
@@ -75,7 +75,7 @@ def test_bundle_lists_every_precision_with_hashes(quantized):
     assert fusion == {"fp32": "fusion.onnx", "fp16": "fusion.fp16.onnx", "int8": "fusion.int8.onnx",
                       "int8-cpu": "fusion.int8-cpu.onnx"}
     for name in ("calibration.npz", "fusion.fp16.onnx", "fusion.int8.onnx", "fusion.int8-cpu.onnx",
-                 TRT_CACHE_FILE, RANGES_FILE):
+                 RANGES_FILE):
         assert name in bundle.manifest["files"]
     record = bundle.manifest["calibration"]
     assert record["samples"] == 256 and record["sha256"] == bundle.manifest["files"]["calibration.npz"]["sha256"]
@@ -181,11 +181,16 @@ def test_cpu_graph_is_u8s8(quantized):
     assert activation_types == {TensorProto.UINT8} and weight_types == {TensorProto.INT8}
 
 
-def test_trt_calibration_cache_matches_the_ranges(quantized, trt_graph):
-    text = (quantized["path"] / TRT_CACHE_FILE).read_text()
-    assert text.splitlines()[0].startswith("TRT-")
-    scales = parse_trt_cache(text)
+def test_no_trt_cache_in_the_bundle_but_one_can_be_written_from_the_ranges(quantized, trt_graph, tmp_path):
+    # The legacy cache's header names a TensorRT version we cannot confirm here: quantize writes none.
+    assert not list(quantized["path"].glob("*.cache")) and "trt_calibration_cache" not in quantized["int8"]
     ranges = json.loads((quantized["path"] / RANGES_FILE).read_text())
+    loaded = Ranges(ranges["method"], {k: tuple(v) for k, v in ranges["ranges"].items()}, ranges["percentile"])
+    with pytest.raises(TypeError):
+        write_trt_cache(loaded, tmp_path / "c")  # no default header
+    text = write_trt_cache(loaded, tmp_path / "c", header="TRT-100300-EntropyCalibration2").read_text()
+    assert text.splitlines()[0] == "TRT-100300-EntropyCalibration2"
+    scales = parse_trt_cache(text)
     assert ranges["method"] == "minmax" and ranges["samples"] == 256
     assert set(scales) == set(ranges["ranges"])
     names = {v for n in trt_graph.graph.node for v in (*n.input, *n.output)}
@@ -315,3 +320,15 @@ def test_cli_budget_miss_exits_1_with_a_report(quantized, tmp_path, monkeypatch,
     assert "accuracy drop" in report["error"] and report["graphs"]["int8"]["heldout"]["passed"] is False
     assert "MISSED" in capsys.readouterr().out
     assert (copy / "manifest.json").read_bytes() == before
+
+
+def test_the_cpu_graph_is_held_to_its_own_budget(quantized, tmp_path, monkeypatch):
+    from fusionrt.calibration import budget as budget_module
+
+    copy = Path(shutil.copytree(quantized["path"], tmp_path / "copy"))
+    monkeypatch.setitem(budget_module.BUDGETS, "int8-cpu", Budget(max_drop_points=-50.0, min_agreement=1.0))
+    with pytest.raises(BudgetExceededError, match="int8-cpu graph") as info:
+        quantize_int8(copy, sensitivity=False, evaluator=quantized["evaluator"])
+    graphs = info.value.report["graphs"]
+    assert graphs["int8"]["heldout"]["passed"] is True  # BUDGETS["int8"] still applies to the TensorRT graph
+    assert graphs["int8-cpu"]["heldout"]["budget"]["max_drop_points"] == -50.0

@@ -2,7 +2,7 @@
 
 ``calibrate(bundle)`` adds ``calibration.npz``; ``quantize_fp16(bundle)`` adds ``fusion.fp16.onnx``;
 ``quantize_int8(bundle, method=...)`` adds ``fusion.int8.onnx`` (TensorRT), ``fusion.int8-cpu.onnx``
-(ONNX Runtime CPU) and a TensorRT calibration cache. Each precision is registered in the manifest
+(ONNX Runtime CPU) and the activation ranges (``fusion.int8.ranges.json``). Each precision is registered in the manifest
 only within its accuracy budget against the fp32 PyTorch model on held-out scenes.
 """
 

@@ -2,12 +2,14 @@
 
 A precision is registered in the manifest only after it met its accuracy budget on held-out
 scenes; a miss raises :class:`BudgetExceededError` (carrying the report) and leaves the bundle as it was.
+Each command is one :class:`BundleTransaction`: it holds the bundle's lock from start to end, writes
+new files under names the live manifest does not list, and publishes them with one manifest rename,
+so a crash at any point leaves the previous bundle (or the new one) openable and verified.
 """
 
 from __future__ import annotations
 
 import datetime
-import os
 import shutil
 import tempfile
 import time
@@ -18,9 +20,9 @@ from typing import Any
 from fusionrt.calibration.budget import BUDGETS, DEFAULT_HELDOUT_SCENES, Budget, HeldoutEvaluator
 from fusionrt.calibration.errors import BudgetExceededError, CalibrationError, QuantizationError
 from fusionrt.calibration.fp16 import DEFAULT_KEEP_FP32, convert_fp16
-from fusionrt.calibration.manifest import update_manifest
+from fusionrt.calibration.manifest import BundleTransaction
 from fusionrt.calibration.qdq import CPU, TENSORRT, Recipe, write_qdq
-from fusionrt.calibration.ranges import DEFAULT_METHOD, DEFAULT_PERCENTILE, Ranges, collect_ranges, write_trt_cache
+from fusionrt.calibration.ranges import DEFAULT_METHOD, DEFAULT_PERCENTILE, Ranges, collect_ranges
 from fusionrt.calibration.samples import (
     DEFAULT_SAMPLES,
     MIN_SAMPLES,
@@ -34,9 +36,8 @@ from fusionrt.calibration.samples import (
 from fusionrt.io import atomic_write_json
 from fusionrt.progress import SILENT, Progress
 from fusionrt.runtime.bundle import Bundle, graph_filename
+from fusionrt.runtime.spec import FUSION, REGION_ENCODER
 
-FUSION, REGION_ENCODER = "fusion", "region_encoder"
-TRT_CACHE_FILE = "fusion.int8.calibration.cache"
 RANGES_FILE = "fusion.int8.ranges.json"
 
 
@@ -56,20 +57,21 @@ def calibrate(bundle_dir: str | Path, samples: int = DEFAULT_SAMPLES, from_dir: 
               min_samples: int = MIN_SAMPLES, progress: Progress = SILENT) -> dict[str, Any]:
     """Draw ``samples`` calibration samples from calibration scenes (or load ``from_dir``), save them as
     ``calibration.npz`` in the bundle and record its sha256 in the manifest; return that record."""
-    bundle = Bundle.open(bundle_dir)
-    fp32_fusion_path(bundle)
-    spec = bundle.graph(FUSION)
-    if from_dir is not None:
-        data = load_directory(from_dir, spec, min_samples)
-    else:
-        if samples < min_samples:
-            raise CalibrationError("samples", f"at least {min_samples}", str(samples))
-        data = draw_scenes(bundle, samples, progress=progress)
-        validate(data.arrays(), spec, min_samples)
-    digest = data.save(bundle.path / SAMPLES_FILE)
-    record = {"file": SAMPLES_FILE, "sha256": digest, "samples": len(data), "source": data.source,
-              "lengths": data.lengths(), "created_utc": _now()}
-    update_manifest(bundle.path, files=[SAMPLES_FILE], sections={"calibration": record})
+    with BundleTransaction(bundle_dir) as tx:
+        bundle = tx.bundle
+        fp32_fusion_path(bundle)
+        spec = bundle.graph(FUSION)
+        if from_dir is not None:
+            data = load_directory(from_dir, spec, min_samples)
+        else:
+            if samples < min_samples:
+                raise CalibrationError("samples", f"at least {min_samples}", str(samples))
+            data = draw_scenes(bundle, samples, progress=progress)
+            validate(data.arrays(), spec, min_samples)
+        digest = data.save(tx.new_file(SAMPLES_FILE))
+        record = {"file": SAMPLES_FILE, "sha256": digest, "samples": len(data), "source": data.source,
+                  "lengths": data.lengths(), "created_utc": _now()}
+        tx.commit(sections={"calibration": record})
     return record
 
 
@@ -82,28 +84,36 @@ def load_calibration(bundle: Bundle, min_samples: int = MIN_SAMPLES) -> Calibrat
 
 
 def _stage(bundle: Bundle) -> Path:
-    # Staged next to the bundle's files so the final move is a rename on the same file system.
+    # Staged next to the bundle's files so the final move is a rename on the same file system; a
+    # transaction removes a stage a crashed writer left (the prefix is in transaction._STALE_PREFIXES).
     return Path(tempfile.mkdtemp(prefix=".quantize-", dir=bundle.path))
 
 
-def _publish(bundle: Bundle, staged: dict[str, Path], precisions: Sequence[str], record: dict[str, Any]) -> Bundle:
+def _publish(tx: BundleTransaction, staged: dict[str, Path], precisions: Sequence[str],
+             record: dict[str, Any]) -> Bundle:
+    bundle = tx.bundle
     for name, path in staged.items():
-        os.replace(path, bundle.path / name)
+        tx.adopt(path, name)
     graphs = {FUSION: {p: graph_filename(FUSION, p) for p in precisions}}
     if REGION_ENCODER in bundle.graphs:
         # The region encoder is not quantized: at every precision it runs its fp32 file.
         graphs[REGION_ENCODER] = dict.fromkeys(precisions, graph_filename(REGION_ENCODER))
     quantization = dict(bundle.manifest.get("quantization", {}))
     quantization.update({p: record for p in precisions})
-    return update_manifest(bundle.path, files=list(staged), precisions=graphs,
-                           sections={"quantization": quantization})
+    return tx.commit(precisions=graphs, sections={"quantization": quantization})
 
 
 def quantize_fp16(bundle_dir: str | Path, keep_fp32: Sequence[str] = DEFAULT_KEEP_FP32,
                   heldout_scenes: int = DEFAULT_HELDOUT_SCENES, budget: Budget | None = None,
                   evaluator: HeldoutEvaluator | None = None, progress: Progress = SILENT) -> dict[str, Any]:
     """Write ``fusion.fp16.onnx``, measure it against fp32 PyTorch, register it if within budget."""
-    bundle = Bundle.open(bundle_dir)
+    with BundleTransaction(bundle_dir) as tx:
+        return _quantize_fp16(tx, keep_fp32, heldout_scenes, budget, evaluator, progress)
+
+
+def _quantize_fp16(tx: BundleTransaction, keep_fp32: Sequence[str], heldout_scenes: int, budget: Budget | None,
+                   evaluator: HeldoutEvaluator | None, progress: Progress | None) -> dict[str, Any]:
+    bundle = tx.bundle
     fp32 = fp32_fusion_path(bundle)
     budget = budget or BUDGETS["fp16"]
     started = time.perf_counter()
@@ -120,7 +130,7 @@ def quantize_fp16(bundle_dir: str | Path, keep_fp32: Sequence[str] = DEFAULT_KEE
         if measurement.failures(budget):
             raise BudgetExceededError("fp16 graph", f"within {budget.to_dict()} on held-out scenes",
                                       "; ".join(measurement.failures(budget)), report)
-        _publish(bundle, {name: stage / name}, ["fp16"], report)
+        _publish(tx, {name: stage / name}, ["fp16"], report)
         return report
     finally:
         shutil.rmtree(stage, ignore_errors=True)
@@ -131,11 +141,20 @@ def quantize_int8(bundle_dir: str | Path, method: str = DEFAULT_METHOD, percenti
                   sensitivity: bool = True, ranges: Ranges | None = None, evaluator: HeldoutEvaluator | None = None,
                   recipes: Sequence[Recipe] = (TENSORRT, CPU), progress: Progress = SILENT) -> dict[str, Any]:
     """Collect ranges once over the bundle's calibration set, write ``fusion.int8.onnx`` (TensorRT Q/DQ),
-    ``fusion.int8-cpu.onnx`` (ORT CPU U8S8) and the TensorRT calibration cache from them, check each graph's
-    budget (excluding the fewest sensitive nodes if ``sensitivity``), and register them."""
-    bundle = Bundle.open(bundle_dir)
+    ``fusion.int8-cpu.onnx`` (ORT CPU U8S8) and ``fusion.int8.ranges.json`` from them, check each graph's
+    budget (excluding the fewest sensitive nodes if ``sensitivity``), and register them. ``budget``: one
+    budget for every graph; by default each graph gets ``BUDGETS[its precision]``."""
+    with BundleTransaction(bundle_dir) as tx:
+        return _quantize_int8(tx, method, percentile, heldout_scenes, budget, sensitivity, ranges, evaluator,
+                              recipes, progress)
+
+
+def _quantize_int8(tx: BundleTransaction, method: str, percentile: float, heldout_scenes: int,
+                   budget: Budget | None, sensitivity: bool, ranges: Ranges | None,
+                   evaluator: HeldoutEvaluator | None, recipes: Sequence[Recipe],
+                   progress: Progress | None) -> dict[str, Any]:
+    bundle = tx.bundle
     fp32 = fp32_fusion_path(bundle)
-    budget = budget or BUDGETS["int8"]
     started = time.perf_counter()
     if ranges is None:
         data = load_calibration(bundle)
@@ -146,36 +165,39 @@ def quantize_int8(bundle_dir: str | Path, method: str = DEFAULT_METHOD, percenti
         staged: dict[str, Path] = {}
         graphs: dict[str, Any] = {}
         for recipe in recipes:
+            # Each graph meets its own precision's budget (BUDGETS["int8"], BUDGETS["int8-cpu"]) unless the
+            # caller passed one budget for all.
+            recipe_budget = budget or BUDGETS[recipe.precision]
             name = graph_filename(FUSION, recipe.precision)
             progress.note(f"writing {name}")
             write_qdq(fp32, stage / name, ranges, recipe)
             measurement = evaluator.measure_path(stage / name)
             entry: dict[str, Any] = {"file": name, "excluded": [],
-                                     "heldout": {"scenes": evaluator.scenes, **measurement.to_dict(budget)}}
-            if measurement.failures(budget):
+                                     "heldout": {"scenes": evaluator.scenes, **measurement.to_dict(recipe_budget)}}
+            if measurement.failures(recipe_budget):
                 if not sensitivity:
-                    raise BudgetExceededError(f"{recipe.precision} graph", f"within {budget.to_dict()}",
-                                              "; ".join(measurement.failures(budget)),
+                    raise BudgetExceededError(f"{recipe.precision} graph", f"within {recipe_budget.to_dict()}",
+                                              "; ".join(measurement.failures(recipe_budget)),
                                               {"graphs": {**graphs, recipe.precision: entry}})
                 from fusionrt.calibration.sensitivity import exclude_for_budget
 
-                found = exclude_for_budget(fp32, ranges, recipe, evaluator, budget, progress)
+                found = exclude_for_budget(fp32, ranges, recipe, evaluator, recipe_budget, progress)
                 write_qdq(fp32, stage / name, ranges, recipe, exclude=found["excluded"])
                 after = evaluator.measure_path(stage / name)
                 entry.update(excluded=found["excluded"], sensitivity=found,
-                             before_exclusion=measurement.to_dict(budget),
-                             heldout={"scenes": evaluator.scenes, **after.to_dict(budget)})
+                             before_exclusion=measurement.to_dict(recipe_budget),
+                             heldout={"scenes": evaluator.scenes, **after.to_dict(recipe_budget)})
             staged[name] = stage / name
             graphs[recipe.precision] = entry
-        write_trt_cache(ranges, stage / TRT_CACHE_FILE)
+        # No TensorRT legacy calibration cache: see ranges.write_trt_cache for why and how to write one.
         atomic_write_json(stage / RANGES_FILE, ranges.to_dict())
-        staged[TRT_CACHE_FILE], staged[RANGES_FILE] = stage / TRT_CACHE_FILE, stage / RANGES_FILE
+        staged[RANGES_FILE] = stage / RANGES_FILE
         calibration = bundle.manifest.get("calibration", {})
         report = {"precision": "int8", "created_utc": _now(), "method": ranges.label, "samples": ranges.samples,
                   "calibration_sha256": calibration.get("sha256"), "tensors": len(ranges.values),
-                  "trt_calibration_cache": TRT_CACHE_FILE, "ranges_file": RANGES_FILE, "graphs": graphs,
+                  "ranges_file": RANGES_FILE, "graphs": graphs,
                   "seconds": round(time.perf_counter() - started, 1)}
-        _publish(bundle, staged, [r.precision for r in recipes], report)
+        _publish(tx, staged, [r.precision for r in recipes], report)
         return report
     finally:
         shutil.rmtree(stage, ignore_errors=True)

@@ -155,8 +155,19 @@ def trt_calibration_cache(ranges: Ranges, header: str = TRT_CACHE_HEADER) -> str
     return "\n".join(lines) + "\n"
 
 
-def write_trt_cache(ranges: Ranges, path: str | Path) -> Path:
-    return atomic_write_bytes(path, trt_calibration_cache(ranges).encode())
+def write_trt_cache(ranges: Ranges, path: str | Path, *, header: str) -> Path:
+    """Write a TensorRT 10.x legacy calibration cache for the TensorRT that will read it.
+
+    ``header``: the ``TRT-<version>-<algorithm>`` line that TensorRT (the version that builds the engine)
+    and the calibrator class that returns the cache (e.g. ``IInt8EntropyCalibrator2``) expect. There is no
+    default: the version digits differ per TensorRT release and could not be confirmed without TensorRT,
+    and TensorRT 11 has no calibrators at all. ``fusionrt quantize`` therefore writes no cache; both 10.x
+    and 11.x build the explicit Q/DQ graph, and ``fusion.int8.ranges.json`` keeps the ranges for this.
+    """
+    if not header.startswith("TRT-") or header.count("-") < 2:
+        raise QuantizationError("header", "a TensorRT calibration cache header 'TRT-<version>-<algorithm>'",
+                                repr(header))
+    return atomic_write_bytes(path, trt_calibration_cache(ranges, header).encode())
 
 
 def parse_trt_cache(text: str) -> dict[str, float]:

@@ -1,5 +1,6 @@
 """``fusionrt`` command line. Each command lives in its own module with ``register(subparsers)``."""
 
+
 from __future__ import annotations
 
 import argparse
@@ -7,6 +8,17 @@ import importlib
 import sys
 
 from fusionrt.errors import FusionrtError
+
+DESCRIPTION = "Train, export, quantize, run and check a vision-text fusion model (ONNX Runtime, TensorRT)."
+EPILOG = """conventions:
+  --json OUT   every command that reports JSON writes it to the file OUT ('-' for stdout)
+  -q           after a command's name: no progress bars (they are also off when stderr is not a terminal)
+
+exit status:
+  0  success
+  1  a gate failed: parity past its tolerance, quantize past its accuracy budget (a report is written)
+  2  bad usage or bad input: an unknown option, or a fusionrt error (the message names the input,
+     what was expected and what was received)"""
 
 COMMAND_MODULES = (
     "fusionrt.cli.render", "fusionrt.cli.ask", "fusionrt.cli.train", "fusionrt.cli.export", "fusionrt.cli.parity",
@@ -18,7 +30,8 @@ COMMAND_MODULES = (
 def build_parser() -> argparse.ArgumentParser:
     from fusionrt import __version__
 
-    parser = argparse.ArgumentParser(prog="fusionrt", description=__doc__)
+    parser = argparse.ArgumentParser(prog="fusionrt", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"fusionrt {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from fusionrt.cli.output import add_json_option
     from fusionrt.runtime.session import BACKENDS
+    from fusionrt.runtime.spec import PRECISIONS
 
     parser = subparsers.add_parser("ask", help="answer a question about a scene image")
     parser.add_argument("image", help="128x128 RGB image file")
@@ -18,15 +19,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--bundle", default=None, help="bundle directory written by `fusionrt export`")
     parser.add_argument("--backend", default=None, choices=sorted(BACKENDS),
                         help="runtime backend for --bundle (default onnxruntime, which does not need torch)")
-    parser.add_argument("--precision", default="fp32",
-                        help="for --bundle: fp32 (default), fp16, int8 or int8-cpu as the bundle lists them")
+    parser.add_argument("--precision", default="fp32", metavar="{" + ",".join(PRECISIONS) + "}",
+                        help="for --bundle: fp32 (default), or another precision the bundle lists")
     parser.add_argument("--top", type=int, default=1, help="also print the next most probable answers")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_json_option(parser, "the answer and the top probabilities")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from fusionrt.app import Answerer
+    from fusionrt.cli.output import write_json
 
     if args.bundle is not None:
         from fusionrt.runtime.bundle import is_bundle
@@ -42,9 +44,7 @@ def run(args: argparse.Namespace) -> int:
         answerer = Answerer(args.checkpoint, precision=args.precision)
     probs = answerer.probabilities(args.image, args.question)
     ranked = sorted(probs.items(), key=lambda item: -item[1])[: max(1, args.top)]
-    if args.json:
-        print(json.dumps({"answer": ranked[0][0], "probability": ranked[0][1], "top": dict(ranked)}))
-    else:
+    if not write_json(args.json, {"answer": ranked[0][0], "probability": ranked[0][1], "top": dict(ranked)}):
         for answer, probability in ranked:
             print(f"{answer}\t{probability:.4f}")
     return 0

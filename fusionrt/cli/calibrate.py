@@ -16,19 +16,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--from", dest="from_dir", default=None, metavar="DIR",
                         help="use the npz feeds in DIR (keys input_ids, text_mask, visual_feats, visual_mask)")
     parser.add_argument("--min-samples", type=int, default=MIN_SAMPLES, help=f"default {MIN_SAMPLES}")
-    parser.add_argument("--json", default=None, metavar="OUT", help="also write the record as JSON to OUT")
+    from fusionrt.cli.output import add_json_option
+
+    add_json_option(parser, "the calibration record")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from fusionrt.calibration import calibrate
-    from fusionrt.io import atomic_write_json
+    from fusionrt.cli.output import write_json
     from fusionrt.progress import progress_for
 
     progress = progress_for(args.quiet)
     record = calibrate(args.bundle, samples=args.samples, from_dir=args.from_dir, min_samples=args.min_samples,
                        progress=progress)
-    if args.json:
-        atomic_write_json(args.json, record)
-    print(json.dumps(record, indent=2))
+    if not write_json(args.json, record):
+        print(json.dumps(record, indent=2))
     return 0

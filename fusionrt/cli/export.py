@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,11 +16,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="torch.onnx exporter; auto tries the faster (legacy) first, then dynamo")
     parser.add_argument("--atol", type=float, default=1e-4,
                         help="largest ONNX Runtime vs PyTorch abs error allowed on the grid (default 1e-4)")
-    parser.add_argument("--json", action="store_true", help="print the manifest's verification section as JSON")
+    from fusionrt.cli.output import add_json_option
+
+    add_json_option(parser, "the manifest's verification section")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from fusionrt.cli.output import write_json
     from fusionrt.export import export_checkpoint
     from fusionrt.progress import progress_for
     from fusionrt.runtime import Bundle
@@ -31,9 +33,8 @@ def run(args: argparse.Namespace) -> int:
                              exporter=args.exporter, atol=args.atol, progress=progress)
     manifest = Bundle.open(path).manifest
     verification = manifest["verification"]
-    if args.json:
-        print(json.dumps({"bundle": str(path), "exporter": manifest["exporter"], "opset": manifest["opset"],
-                          "verification": verification}, indent=2))
+    if write_json(args.json, {"bundle": str(path), "exporter": manifest["exporter"], "opset": manifest["opset"],
+                              "verification": verification}):
         return 0
     print(f"wrote {path} ({manifest['exporter']} exporter, opset {manifest['opset']}, "
           f"{verification['export_seconds']} s)")

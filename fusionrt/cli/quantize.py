@@ -31,7 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"held-out scenes the budget is measured on (default {DEFAULT_HELDOUT_SCENES})")
     parser.add_argument("--no-sensitivity", action="store_true",
                         help="int8: fail instead of leaving sensitive MatMuls in float when the budget is missed")
-    parser.add_argument("--json", default=None, metavar="OUT", help="also write the report as JSON to OUT")
+    from fusionrt.cli.output import add_json_option
+
+    add_json_option(parser, "the report")
     parser.set_defaults(handler=run)
 
 
@@ -51,7 +53,7 @@ def _summary(report: dict) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from fusionrt.calibration import BudgetExceededError, quantize_fp16, quantize_int8
-    from fusionrt.io import atomic_write_json
+    from fusionrt.cli.output import write_json
     from fusionrt.parity.report import json_safe
     from fusionrt.progress import progress_for
 
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         report = {"precision": args.precision, "error": str(exc), **exc.report}
         status = EXIT_BUDGET_MISSED
         print(f"fusionrt quantize: budget missed: {exc}", file=sys.stderr)
-    if args.json:
-        atomic_write_json(args.json, json_safe(report))
+    if write_json(args.json, json_safe(report)):
+        return status
     print("\n".join(_summary(report)) or json.dumps(json_safe(report), indent=2))
     return status

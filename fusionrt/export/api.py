@@ -24,6 +24,7 @@ from fusionrt.export.contract import (
     REGION_ENCODER,
     example_size,
     fusion_spec,
+    max_corner,
     region_encoder_spec,
 )
 from fusionrt.export.errors import ExportError, VerificationError
@@ -31,7 +32,7 @@ from fusionrt.export.exporters import DEFAULT_EXPORTER, EXPORTERS, export_graph
 from fusionrt.export.source import checkpoint_files_sha256, weights_sha256
 from fusionrt.export.writer import BundleWriter
 from fusionrt.parity.compare import Tolerance, compare_grid
-from fusionrt.parity.grid import grid_points
+from fusionrt.parity.grid import GridPoint, grid_points, random_feed
 from fusionrt.progress import SILENT, Progress
 from fusionrt.runtime.bundle import BUNDLE_FORMAT, SCHEMA_VERSION, Bundle, graph_filename
 from fusionrt.runtime.session import Session
@@ -123,18 +124,30 @@ def _versions(exporter: str) -> dict[str, str]:
     return versions
 
 
+def verification_points(spec: GraphSpec, seed: int = 0) -> list[GridPoint]:
+    """The shape grid of ``spec`` plus its declared max corner (every dynamic dim at max together)."""
+    points = grid_points(spec, seed=seed)
+    corner = max_corner(spec)
+    if all(dict(p.sizes) != corner for p in points):
+        points.append(GridPoint(corner, random_feed(spec, corner, np.random.default_rng(seed + 1))))
+    return points
+
+
 def _verify(staging: Path, graphs: list[_Graph], tolerance: Tolerance, progress: Progress) -> dict[str, Any]:
-    """ONNX Runtime (through the runtime Session, as deployed) vs the torch module on each graph's grid."""
+    """ONNX Runtime (through the runtime Session, as deployed) vs the torch module on each graph's grid
+    and at the max corner the manifest declares."""
     bundle = Bundle.open(staging)
     summary, failures, reports = {}, [], []
     for graph in graphs:
         reference = Session(bundle, "torch", graph.spec.name, module=graph.module)
         candidate = Session(bundle, "onnxruntime", graph.spec.name)
-        result = compare_grid(graph.spec.name, reference, candidate, grid_points(graph.spec), progress,
+        result = compare_grid(graph.spec.name, reference, candidate, verification_points(graph.spec), progress,
                               phase=f"verify {graph.spec.name}")
         reports.append(result)
         failures += result.failures(tolerance)
-        summary[graph.spec.name] = {"points": len(result.points), "worst": result.summary()}
+        corner = max_corner(graph.spec)
+        summary[graph.spec.name] = {"points": len(result.points), "worst": result.summary(),
+                                    "max_corner": " ".join(f"{k}={v}" for k, v in corner.items())}
     if failures:
         raise VerificationError(
             "export verification",

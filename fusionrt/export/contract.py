@@ -10,11 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from fusionrt.runtime.bundle import graph_filename
-from fusionrt.runtime.spec import DimRange, GraphSpec, TensorSpec
+from fusionrt.runtime.spec import FUSION, FUSION_INPUTS, REGION_ENCODER, DimRange, GraphSpec, TensorSpec
 
-FUSION = "fusion"
-REGION_ENCODER = "region_encoder"
-FUSION_INPUTS = ("input_ids", "text_mask", "visual_feats", "visual_mask")
+__all__ = ["FUSION", "FUSION_INPUTS", "REGION_ENCODER", "example_size", "fusion_spec", "max_corner",
+           "region_encoder_spec"]
 FUSION_OUTPUTS = ("hidden", "logits")
 REGION_INPUTS = ("crops", "geometry")
 REGION_OUTPUTS = ("feats",)
@@ -26,7 +25,8 @@ def _middle(high: int) -> int:
 
 def fusion_spec(*, vocab_size: int, visual_dim: int, hidden: int, num_answers: int, max_text_len: int,
                 max_visual_len: int, max_batch: int) -> GraphSpec:
-    """Batch up to ``max_batch``; one question per row is the size to tune for; M may be empty (padded)."""
+    """Batch up to ``max_batch``; one question per row is the size to tune for; M may be empty (padded).
+    Both masks are prefixes: each row's real tokens / regions first, padding after."""
     dims = {
         "B": DimRange(1, 1, max_batch),
         "T": DimRange(1, _middle(max_text_len), max_text_len),
@@ -36,9 +36,9 @@ def fusion_spec(*, vocab_size: int, visual_dim: int, hidden: int, num_answers: i
         FUSION,
         inputs=(
             TensorSpec("input_ids", "int64", ("B", "T"), (0, vocab_size - 1)),
-            TensorSpec("text_mask", "bool", ("B", "T")),
+            TensorSpec("text_mask", "bool", ("B", "T"), prefix_mask=True),
             TensorSpec("visual_feats", "float32", ("B", "M", visual_dim)),
-            TensorSpec("visual_mask", "bool", ("B", "M")),
+            TensorSpec("visual_mask", "bool", ("B", "M"), prefix_mask=True),
         ),
         outputs=(TensorSpec("hidden", "float32", ("B", "T", hidden)),
                  TensorSpec("logits", "float32", ("B", num_answers))),
@@ -58,6 +58,12 @@ def region_encoder_spec(*, crop_size: int, geometry_dim: int, feature_dim: int, 
         dims={"N": DimRange(1, min(opt_regions, max_regions), max_regions)},
         precisions={"fp32": graph_filename(REGION_ENCODER)},
     )
+
+
+def max_corner(graph: GraphSpec) -> dict[str, int]:
+    """Every dynamic dim at its declared max at once: the largest shape a TensorRT profile built from
+    the manifest admits, so export verification must run it at least once."""
+    return {symbol: rng.max for symbol, rng in graph.dims.items()}
 
 
 def example_size(prefer: int, upper: int, taken: Iterable[int]) -> int:

@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
-from typing import Any
 
-import torch
-
+from fusionrt.runtime.backends.pytorch import weights_sha256
 from fusionrt.runtime.bundle import sha256_file
 
-
-def weights_sha256(module: Any) -> str:
-    """sha256 over every state-dict entry (name, dtype, shape, bytes) in name order."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        value = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{value.dtype}|{list(value.shape)}|".encode())
-        # Bytes through a uint8 view: numpy has no bfloat16, and .numpy() would refuse it.
-        digest.update(value.reshape(-1).view(dtype=torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+__all__ = ["CHECKPOINT_MODEL_FILES", "checkpoint_files_sha256", "weights_sha256"]
 
 
 # The files that define what a checkpoint computes; metrics and plots may be regenerated freely.

@@ -1,9 +1,11 @@
-"""Build a bundle in a staging directory, then move it into place in one rename.
+"""Build a bundle in a staging directory, then publish it in one rename.
 
 Files are written with :mod:`fusionrt.io`'s atomic writes inside a hidden staging directory next to
-the target; ``manifest.json`` is written last. Publishing renames the staging directory onto the
-target (an existing bundle there is moved aside first and removed after), so readers see either
-the old bundle or the new one, never a mix.
+the target; ``manifest.json`` is written last. Publishing a new bundle renames the staging directory
+onto the target path (or an empty directory there). Replacing an existing bundle is a
+:class:`BundleTransaction` on it: the staged files move in under names its manifest does not list,
+the staged manifest replaces the old one in one rename, and the old files are removed after. Either
+way readers (and a crash at any point) see the old bundle or the new one, never a mix.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from typing import Any
 
 from fusionrt.export.errors import ExportError
 from fusionrt.io import atomic_write_bytes, atomic_write_json, default_mode
-from fusionrt.runtime.bundle import MANIFEST, is_bundle, sha256_file
+from fusionrt.runtime.bundle import MANIFEST, is_bundle, read_manifest, sha256_file
+from fusionrt.runtime.errors import BundleError
+from fusionrt.runtime.transaction import BundleTransaction, fault_point
 
 
 def _check_target(target: Path) -> None:
@@ -56,15 +60,30 @@ class BundleWriter:
         return atomic_write_json(self.path / MANIFEST, {**manifest, "files": self.files()})
 
     def publish(self) -> Path:
-        """Move the staged bundle to the target and return the target."""
+        """Publish the staged bundle at the target and return the target."""
         _check_target(self.target)
-        old = None
-        if self.target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old-", dir=self.target.parent))
-            os.replace(self.target, old / "bundle")
+        fault_point("export-staged")
+        if not is_bundle(self.target):
+            # rename(2) replaces a missing path or an empty directory atomically.
+            os.replace(self.path, self.target)
+            return self.target
+        try:
+            read_manifest(self.target)
+        except BundleError:
+            return self._replace_broken()
+        staged = read_manifest(self.path)
+        with BundleTransaction(self.target, verify=False) as tx:
+            for name in staged["files"]:
+                tx.adopt(self.path / name, name)
+            tx.commit(manifest=staged)
+        return self.target
+
+    def _replace_broken(self) -> Path:
+        # A target whose manifest is unreadable holds no state worth keeping: swap the directory.
+        old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old-", dir=self.target.parent))
+        os.replace(self.target, old / "bundle")
         os.replace(self.path, self.target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
         return self.target
 
     def discard(self) -> None:

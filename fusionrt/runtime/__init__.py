@@ -5,12 +5,13 @@ Torch-free: only the chosen backend's packages are imported, when a Session is c
 
 from fusionrt.errors import InputError
 from fusionrt.runtime.bundle import MANIFEST, SCHEMA_VERSION, Bundle, graph_filename, is_bundle
-from fusionrt.runtime.errors import BackendError, BundleError
+from fusionrt.runtime.errors import BackendError, BundleError, SessionClosedError
 from fusionrt.runtime.runner import Runner
 from fusionrt.runtime.session import BACKENDS, Session, runner_class
 from fusionrt.runtime.spec import DimRange, GraphSpec, TensorSpec
 
 __all__ = [
     "BACKENDS", "MANIFEST", "SCHEMA_VERSION", "BackendError", "Bundle", "BundleError", "DimRange", "GraphSpec",
-    "InputError", "Runner", "Session", "TensorSpec", "graph_filename", "is_bundle", "runner_class",
+    "InputError", "Runner", "Session", "SessionClosedError", "TensorSpec", "graph_filename", "is_bundle",
+    "runner_class",
 ]

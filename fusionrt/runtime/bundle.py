@@ -2,13 +2,17 @@
 
 ``manifest.json`` is written last at export, so a directory without it is not a bundle. It lists
 every file with its size and sha256; :meth:`Bundle.open` refuses a bundle whose files are missing
-or altered, and a manifest of a schema version newer than this code understands.
+or altered (or are links leading outside the bundle), and a manifest of a schema version newer
+than this code understands. Updates publish a new manifest in one rename
+(:mod:`fusionrt.runtime.transaction`); a reader whose manifest was replaced while it verified the
+files reads the new one, so it sees one state or the other, never a mix.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,10 +55,15 @@ def is_bundle_file_name(name: str) -> bool:
     return len(parts) == 1 and leaf not in ("", ".", "..", MANIFEST) and "\\" not in leaf and Path(leaf).name == leaf
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The parsed, structurally checked ``manifest.json`` of bundle directory ``path`` (no hash check)."""
+    path = Path(path)
     if not path.is_dir():
         raise BundleError("bundle", "a directory with manifest.json", f"no directory at {path}")
     manifest_path = path / MANIFEST
+    if manifest_path.is_symlink() and path.resolve() not in manifest_path.resolve().parents:
+        raise BundleError(MANIFEST, f"a file inside the bundle {path}",
+                          f"a link to {os.readlink(manifest_path)}, outside it (refused, not read)")
     if not manifest_path.is_file():
         raise BundleError(MANIFEST, f"a file in {path} (written last by fusionrt export)", "nothing")
     try:
@@ -81,7 +90,23 @@ def _read_manifest(path: Path) -> dict[str, Any]:
             raise BundleError(f"{MANIFEST} files", "plain file names inside the bundle (or engines/NAME)", repr(name))
         if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
             raise BundleError(f"{MANIFEST} files.{name}", "an object with sha256 and bytes", repr(entry)[:80])
+        size = entry.get("bytes", 0)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise BundleError(f"{MANIFEST} files.{name}", "bytes: a non-negative integer", repr(size)[:80])
     return manifest
+
+
+def _manifest_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = (path / MANIFEST).stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+# A reader retries when a writer published a new manifest while it was checking files; more retries
+# than this mean the bundle is being rewritten faster than it can be read.
+_OPEN_ATTEMPTS = 5
 
 
 @dataclass
@@ -96,7 +121,18 @@ class Bundle:
     def open(cls, path: str | Path, verify: bool = True) -> Bundle:
         """Read ``manifest.json``; with ``verify``, check the size and sha256 of every listed file."""
         path = Path(path)
-        manifest = _read_manifest(path)
+        for attempt in range(_OPEN_ATTEMPTS):
+            identity = _manifest_identity(path)
+            try:
+                return cls._open_once(path, verify)
+            except BundleError:
+                if attempt == _OPEN_ATTEMPTS - 1 or identity is None or _manifest_identity(path) == identity:
+                    raise
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _open_once(cls, path: Path, verify: bool) -> Bundle:
+        manifest = read_manifest(path)
         graphs = {name: GraphSpec.from_dict(name, entry) for name, entry in manifest["graphs"].items()}
         for name, graph in graphs.items():
             for precision, filename in graph.precisions.items():
@@ -110,18 +146,23 @@ class Bundle:
 
     def verify(self) -> None:
         """Raise :class:`BundleError` naming the first missing, resized or altered file."""
+        root = self.path.resolve()
         for name, entry in self.manifest["files"].items():
             file = self.path / name
-            if not file.is_file():
-                raise BundleError(name, f"a file of the bundle at {file}", "nothing (missing file)")
-            if "/" in name and not file.resolve().is_relative_to(self.path.resolve()):
-                # engines/ (or a plan in it) linked elsewhere: the hash would vouch for a file outside the bundle.
-                raise BundleError(name, f"a file inside the bundle {self.path}", f"a link to {file.resolve()}")
-            size = file.stat().st_size
-            if "bytes" in entry and size != entry["bytes"]:
-                raise BundleError(name, f"{entry['bytes']} bytes as in {MANIFEST}",
-                                  f"{size} bytes (truncated or altered file)")
-            digest = sha256_file(file)
+            if (file.is_symlink() or "/" in name) and file.exists() and not file.resolve().is_relative_to(root):
+                # A link (or a linked engines/) would let the hash vouch for a file outside the bundle.
+                raise BundleError(name, f"a file inside the bundle {self.path}",
+                                  f"a link to {file.resolve()}, outside it (refused, not read)")
+            try:
+                if not file.is_file():
+                    raise FileNotFoundError(file)
+                size = file.stat().st_size
+                if "bytes" in entry and size != entry["bytes"]:
+                    raise BundleError(name, f"{entry['bytes']} bytes as in {MANIFEST}",
+                                      f"{size} bytes (truncated or altered file)")
+                digest = sha256_file(file)
+            except FileNotFoundError as exc:  # also when a writer removed it while we checked
+                raise BundleError(name, f"a file of the bundle at {file}", "nothing (missing file)") from exc
             if digest != entry["sha256"]:
                 raise BundleError(name, f"sha256 {entry['sha256']} as in {MANIFEST}",
                                   f"sha256 {digest} (altered file)")
@@ -148,8 +189,13 @@ class Bundle:
         return self.path / spec.precisions[precision]
 
     def file(self, name: str) -> Path:
-        """A file the manifest lists (for example ``tokenizer.json``)."""
-        if name not in self.manifest["files"]:
-            raise BundleError(name, f"a file listed in {MANIFEST} of {self.path}",
-                              f"a bundle without it (files: {sorted(self.manifest['files'])})")
-        return self.path / name
+        """A file the manifest lists (for example ``tokenizer.json``), also when an update interrupted by a
+        crash left it under a fresh name (``calibration.1a2b3c4d.npz``, listed with ``"logical": name``)."""
+        files = self.manifest["files"]
+        if name in files:
+            return self.path / name
+        for on_disk, entry in files.items():
+            if entry.get("logical") == name:
+                return self.path / on_disk
+        raise BundleError(name, f"a file listed in {MANIFEST} of {self.path}",
+                          f"a bundle without it (files: {sorted(files)})")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fusionrt.errors import DescribedError, InputError
 
-__all__ = ["BackendError", "BundleError", "InputError"]
+__all__ = ["BackendError", "BundleError", "InputError", "SessionClosedError"]
 
 
 class BundleError(DescribedError):
@@ -13,3 +13,7 @@ class BundleError(DescribedError):
 
 class BackendError(DescribedError):
     """A backend is unknown, not installed, or cannot run what was asked of it."""
+
+
+class SessionClosedError(BackendError):
+    """A Session (or Runner) was closed: it refuses to run rather than silently reloading its graph."""

@@ -4,6 +4,11 @@ The public methods (:meth:`Runner.activate`, :meth:`Runner.infer`, :meth:`Runner
 validate and keep state; a backend overrides only the ``*_impl`` methods. Adding a backend
 (TensorRT comes next) is one module with one subclass, registered in
 :data:`fusionrt.runtime.session.BACKENDS`; callers do not change.
+
+Lifecycle, as Polygraphy's BaseRunner: ``infer`` refuses an inactive runner with
+:class:`SessionClosedError` (it never reloads behind the caller's back), and ``deactivate`` first
+stops new calls, then waits for the calls in flight, and only then releases the engine, so no call
+ever sees a half-released engine.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from fusionrt.runtime.bundle import Bundle
-from fusionrt.runtime.errors import BackendError
+from fusionrt.runtime.errors import BackendError, SessionClosedError
 from fusionrt.runtime.spec import GraphSpec
 from fusionrt.runtime.validate import FeedValidator
 
@@ -39,7 +44,11 @@ class Runner(abc.ABC):
                                repr(precision))
         self.precision = precision
         self._validate = FeedValidator(self.graph)
-        self._lock = threading.Lock()
+        # _lifecycle serializes activate/deactivate (held while deactivate waits, so a concurrent
+        # activate cannot slip in); _calls guards the active flag and the count of calls in flight.
+        self._lifecycle = threading.Lock()
+        self._calls = threading.Condition(threading.Lock())
+        self._in_flight = 0
         self._active = False
 
     @property
@@ -48,16 +57,30 @@ class Runner(abc.ABC):
 
     def activate(self) -> None:
         """Load the graph (idempotent)."""
-        with self._lock:
+        with self._lifecycle:
             if not self._active:
                 self.activate_impl()
-                self._active = True
+                with self._calls:
+                    self._active = True
 
     def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Validate ``feed`` against the manifest, run, and return every output by name."""
-        if not self._active:
-            self.activate()
-        outputs = self.infer_impl(self._validate(feed))
+        """Validate ``feed`` against the manifest, run, and return every output by name.
+
+        Raises :class:`SessionClosedError` if the runner is not active (never activated, or deactivated).
+        """
+        with self._calls:
+            if not self._active:
+                raise SessionClosedError(f"{self.backend} runner of graph {self.graph.name!r}",
+                                         "an active runner (Session not closed; Runner.activate() called)",
+                                         "a call after close()/deactivate() (or before activate())")
+            self._in_flight += 1
+        try:
+            outputs = self.infer_impl(self._validate(feed))
+        finally:
+            with self._calls:
+                self._in_flight -= 1
+                if not self._in_flight:
+                    self._calls.notify_all()
         missing = [t.name for t in self.graph.outputs if t.name not in outputs]
         if missing:
             raise BackendError(f"{self.backend} outputs", f"{[t.name for t in self.graph.outputs]}",
@@ -65,11 +88,14 @@ class Runner(abc.ABC):
         return outputs
 
     def deactivate(self) -> None:
-        """Release the loaded graph (idempotent)."""
-        with self._lock:
-            if self._active:
-                self.deactivate_impl()
+        """Refuse new calls, wait for the calls in flight, then release the engine (idempotent)."""
+        with self._lifecycle:
+            with self._calls:
+                if not self._active:
+                    return
                 self._active = False
+                self._calls.wait_for(lambda: not self._in_flight)
+            self.deactivate_impl()
 
     def describe(self) -> dict[str, Any]:
         """Backend, graph, precision and whatever the backend adds (providers, device ...)."""

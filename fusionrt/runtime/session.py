@@ -40,7 +40,8 @@ class Session:
     ``providers``, ``threads``, ``optimization``; for torch: ``module``, ``checkpoint``).
 
     ``run`` validates its feed against the manifest (raising :class:`fusionrt.errors.InputError`)
-    and is safe to call from several threads at once.
+    and is safe to call from several threads at once. ``close`` waits for the calls in flight; after
+    it, ``run`` raises :class:`SessionClosedError` (the graph is never reloaded silently).
     """
 
     def __init__(self, bundle: str | Path | Bundle, backend: str = "onnxruntime", graph: str = "fusion",
@@ -84,6 +85,7 @@ class Session:
         return {**self.runner.describe(), "bundle": str(self.bundle.path)}
 
     def close(self) -> None:
+        """Refuse new calls, wait for those in flight, release the engine (idempotent)."""
         self.runner.deactivate()
 
     def __enter__(self) -> Session:

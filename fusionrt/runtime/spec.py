@@ -15,6 +15,13 @@ import numpy as np
 
 from fusionrt.runtime.errors import BundleError
 
+# The graphs a bundle holds, the fusion graph's inputs in order, and the precisions a graph file may have;
+# defined here, the lowest layer, so the exporter, calibration and the runtime share one spelling.
+FUSION = "fusion"
+REGION_ENCODER = "region_encoder"
+FUSION_INPUTS = ("input_ids", "text_mask", "visual_feats", "visual_mask")
+PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu")
+
 # Only these dtypes cross the graph boundary; the names are numpy's.
 DTYPES = ("bool", "int64", "int32", "float32", "float16")
 
@@ -49,12 +56,19 @@ class DimRange:
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One input or output. ``value_range`` (inclusive) bounds the values of an integer input."""
+    """One input or output. ``value_range`` (inclusive) bounds the values of an integer input.
+
+    ``prefix_mask``: a bool ``[B, L]`` mask whose every row is a prefix (``True...True False...False``):
+    the real items come first, padding last. Left or interleaved padding is refused, because position
+    embeddings count from slot 0 and the calibration set keeps only each row's first ``sum(mask)`` slots.
+    In the manifest: ``"mask": "prefix"``.
+    """
 
     name: str
     dtype: str
     shape: tuple[int | str, ...]
     value_range: tuple[int, int] | None = None
+    prefix_mask: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -104,6 +118,8 @@ class GraphSpec:
             }
             if t.value_range is not None:
                 out["value_range"] = list(t.value_range)
+            if t.prefix_mask:
+                out["mask"] = "prefix"
             return out
 
         return {
@@ -129,9 +145,13 @@ class GraphSpec:
                             raise BundleError(where, f"one range for dim {symbol!r} across inputs and outputs",
                                               f"{dims[symbol]} and {parsed} (at {entry['name']})")
                     value_range = entry.get("value_range")
+                    mask = entry.get("mask")
+                    if mask not in (None, "prefix"):
+                        raise BundleError(where, f"mask 'prefix' or none at {entry['name']}", repr(mask))
                     tensors[kind].append(TensorSpec(
                         str(entry["name"]), str(entry["dtype"]), shape,
                         tuple(int(v) for v in value_range) if value_range is not None else None,
+                        prefix_mask=mask == "prefix",
                     ))
             precisions = {str(k): str(v) for k, v in data.get("precisions", {}).items()}
             return cls(name, tuple(tensors["inputs"]), tuple(tensors["outputs"]), dims, precisions)

@@ -2,7 +2,8 @@
 
 Each check raises :class:`fusionrt.errors.InputError` naming the input, what the graph expects and
 what was received: names, dtype, rank, static dims, each dynamic dim inside its range, one size per
-dim symbol across inputs, finite float values, integer values inside their range. A dim that may
+dim symbol across inputs, finite float values, integer values inside their range, masks that are
+prefixes (``True...True False...False`` per row; see :class:`TensorSpec`). A dim that may
 be empty (``pad_when_empty``) is padded from 0 to one zero slot, which is a masked slot for masks.
 
 This runs on every call, so the per-input facts are computed once and the common case (a valid
@@ -113,6 +114,14 @@ class FeedValidator:
             got_low, got_high = int(array.min()), int(array.max())
             if got_low < low or got_high > high:
                 raise InputError(spec.name, f"values in [{low}, {high}]", f"values from {got_low} to {got_high}")
+        if spec.prefix_mask and array.ndim == 2:
+            # A True right after a False is padding before a real item.
+            gap = ~array[:, :-1] & array[:, 1:]
+            if gap.any():
+                row, col = (int(i) for i in np.argwhere(gap)[0])
+                raise InputError(spec.name, "a prefix mask per row (True...True then False...False: real items "
+                                            "first, padding last)",
+                                 f"row {row} with padding before a real item at index {col + 1}")
 
     @staticmethod
     def _pad(spec: TensorSpec, array: np.ndarray, symbols: list[str]) -> np.ndarray:

@@ -26,6 +26,21 @@ def _import_torch() -> Any:
     return torch
 
 
+def weights_sha256(module: Any) -> str:
+    """sha256 over every state-dict entry (name, dtype, shape, bytes) in name order: the fingerprint of a
+    module's weights recorded at export and checked when a Session runs a module passed as ``module=``."""
+    import hashlib
+
+    torch = _import_torch()
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{value.dtype}|{list(value.shape)}|".encode())
+        # Bytes through a uint8 view: numpy has no bfloat16, and .numpy() would refuse it.
+        digest.update(value.reshape(-1).view(dtype=torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def load_source_module(bundle: Bundle, graph: str, checkpoint: str | Path | None = None) -> Any:
     """The torch module graph ``graph`` was exported from, checked against the manifest's hashes."""
     source = bundle.manifest.get("source", {})
@@ -76,8 +91,6 @@ class TorchRunner(Runner):
         if module is None:
             module = load_source_module(self.bundle, self.graph.name, self._checkpoint)
         else:
-            from fusionrt.export.source import weights_sha256
-
             recorded = self.bundle.manifest.get("source", {}).get("weights_sha256", {})
             expected = recorded.get(self.graph.name) if isinstance(recorded, dict) else None
             if expected is not None and weights_sha256(module) != expected:
