@@ -41,11 +41,11 @@ def structure(path: Path) -> dict[str, Any]:
         return name in producer and producer[name].op_type == "DequantizeLinear"
 
     def is_weight(name: str) -> bool:
-        # a weight directly, through a DequantizeLinear, or through a Cast (FP16 graphs)
-        if name in initializers:
-            return True
+        # a weight directly, or through DequantizeLinear / QuantizeLinear (ModelOpt) / Cast (FP16 graphs)
         node = producer.get(name)
-        return node is not None and node.op_type in ("DequantizeLinear", "Cast") and node.input[0] in initializers
+        while node is not None and node.op_type in ("DequantizeLinear", "QuantizeLinear", "Cast"):
+            name, node = node.input[0], producer.get(node.input[0])
+        return name in initializers
 
     weighted = [n for n in nodes if n.op_type in ("MatMul", "Gemm") and is_weight(n.input[1])]
     int8 = [n for n in weighted if from_dq(n.input[0]) and from_dq(n.input[1])]

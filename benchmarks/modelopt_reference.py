@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -71,9 +72,12 @@ def main() -> int:
     bundle = Bundle.open(args.bundle)
     fp32 = bundle.graph_path("fusion")
     ours = bundle.path / bundle.graph("fusion").precisions["int8"]
-    theirs = Path(tempfile.mkdtemp(prefix="modelopt-")) / "fusion.modelopt.int8.onnx"
-    log("ModelOpt INT8 PTQ on fusion.onnx")
-    run_modelopt(fp32, bundle, theirs)
+    work = Path(tempfile.mkdtemp(prefix="modelopt-"))
+    theirs = work / "fusion.modelopt.int8.onnx"
+    # ModelOpt rewrites its input file in place (it saves the shape-inferred model there): give it a copy.
+    shutil.copyfile(fp32, work / "fusion.onnx")
+    log("ModelOpt INT8 PTQ on a copy of fusion.onnx")
+    run_modelopt(work / "fusion.onnx", bundle, theirs)
     evaluator = HeldoutEvaluator(bundle, args.heldout_scenes, progress=log)
     rows = {}
     for label, path in (("fusionrt fusion.int8.onnx", ours), ("ModelOpt 0.47 int8 (max)", theirs)):
