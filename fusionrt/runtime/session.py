@@ -18,6 +18,7 @@ from fusionrt.runtime.spec import TensorSpec
 BACKENDS: dict[str, str] = {
     "onnxruntime": "fusionrt.runtime.backends.onnxrt:OnnxRuntimeRunner",
     "torch": "fusionrt.runtime.backends.pytorch:TorchRunner",
+    "openvino": "fusionrt.runtime.backends.openvino:OpenVinoRunner",
 }
 
 
