@@ -1,7 +1,7 @@
 """Every CPU path a user could pick, side by side in one run: alternatives vs ours, GEMM peaks, app, profile.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_cpu_paths.py [--threads 2] [--blocks 10] [--calls 10]
-        [--small-bundle DIR] [--no-compile] [--heldout-scenes 300] [--json benchmarks/cpu_paths.json]
+        [--small-bundle DIR] [--compile small,base] [--heldout-scenes 300] [--json benchmarks/cpu_paths.json]
 
 Alternatives: PyTorch eager fp32, ``torch.compile`` fp32 (compile time reported), PyTorch dynamic INT8
 (``quantize_dynamic`` on Linear), OpenVINO with default settings on our fusion.onnx. Ours, all through
@@ -331,7 +331,8 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=10)
     parser.add_argument("--calls", type=int, default=10, help="timed calls per block")
     parser.add_argument("--small-bundle", default=None, help="a quantized bundle of the shipped model to reuse")
-    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (minutes to compile)")
+    parser.add_argument("--compile", default="small,base",
+                        help="models for which torch.compile is measured (minutes to compile each; '' for none)")
     parser.add_argument("--heldout-scenes", type=int, default=300)
     parser.add_argument("--json", default="benchmarks/cpu_paths.json")
     parser.add_argument("--report", default=None, metavar="JSON", help="only render a saved result as Markdown")
@@ -351,7 +352,7 @@ def main() -> None:
         for name, (bundle, module) in models.items():
             entry: dict = {"shapes": {}}
             first = full_feed(bundle, *SHAPES[0])
-            alt, alt_notes = alternatives(module, bundle, not args.no_compile, first)
+            alt, alt_notes = alternatives(module, bundle, name in args.compile.split(","), first)
             ours, our_notes = our_paths(bundle, args.threads)
             entry["notes"] = {**alt_notes, **our_notes}
             for shape in SHAPES:
