@@ -306,19 +306,23 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     panels = [(m, s) for m, e in result["models"].items() for s in e["shapes"]]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 5.5), sharey=True)
+    labels = list(dict.fromkeys(k for m, s in panels for k in result["models"][m]["shapes"][s]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 2, 5.5), sharey=True)
     for ax, (model, shape) in zip(np.atleast_1d(axes), panels, strict=True):
         ms = result["models"][model]["shapes"][shape]
         fastest = min(v for k, v in ms.items() if not k.startswith("ours:"))
-        labels = list(ms)
-        ax.barh(range(len(labels)), [fastest / ms[k] for k in labels],
+        ax.barh(range(len(labels)), [fastest / ms[k] if k in ms else 0.0 for k in labels],
                 color=["tab:blue" if k.startswith("ours:") else "tab:gray" for k in labels])
+        for row, k in enumerate(labels):
+            if k not in ms:
+                ax.text(0.02, row, "not measured", va="center", fontsize=7)
         ax.axvline(1.0, color="black", lw=0.8)
         ax.axvline(1.25, color="tab:red", lw=0.8, ls="--")
-        ax.set_yticks(range(len(labels)), labels, fontsize=8)
-        ax.invert_yaxis()
         ax.set_title(f"{model}, B/T/M {shape}", fontsize=10)
-        ax.set_xlabel("speed-up over fastest alternative")
+        ax.set_xlabel("speed-up over fastest alternative\n(red: 1.25x target)", fontsize=8)
+    first = np.atleast_1d(axes)[0]
+    first.set_yticks(range(len(labels)), labels, fontsize=8)
+    first.invert_yaxis()
     fig.tight_layout()
     with tempfile.NamedTemporaryFile(suffix=".png", dir=path.parent, delete=False) as tmp:
         fig.savefig(tmp.name, dpi=110)
