@@ -150,14 +150,35 @@ def test_trt_graph_weights_per_channel_on_output_axis(quantized, trt_graph):
     assert weights == len(linear) == 27  # every Linear layer: 4 x 6 in the layers, visual projection, classifier
 
 
+def test_every_weighted_matmul_has_both_inputs_dequantized(quantized, trt_graph):
+    """Both inputs INT8 is what makes TensorRT run the GEMM in INT8 (LayerNorm outputs included: tensorrt.md)."""
+    _, producer, _ = _index(trt_graph)
+    fp32 = onnx.load(str(quantized["path"] / "fusion.onnx"))
+    weights = {i.name for i in fp32.graph.initializer}
+    weighted = {n.name for n in fp32.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in weights}
+    assert len(weighted) == 27
+    after_layernorm = 0
+    for node in trt_graph.graph.node:
+        if node.name in weighted:
+            sources = [producer.get(name) for name in node.input[:2]]
+            assert all(s is not None and s.op_type == "DequantizeLinear" for s in sources), node.name
+            origin = producer.get(producer[sources[0].input[0]].input[0])  # DQ <- Q <- origin
+            after_layernorm += origin is not None and origin.op_type == "LayerNormalization"
+    assert after_layernorm == 4 * 2  # the Q projection and FFN-up of each layer (float before issue 7)
+    activation = [n for n in trt_graph.graph.node if n.op_type in ("MatMul", "Gemm") and n.name not in weighted]
+    assert len(activation) == 8  # QK^T and attn.V: quantized by default (the measured choice, RESULTS.md)
+    for node in activation:
+        assert all(producer[name].op_type == "DequantizeLinear" for name in node.input[:2]), node.name
+
+
 def test_trt_graph_only_matmul_inputs_one_pair_each(trt_graph):
     init, producer, consumers = _index(trt_graph)
     activation_dq = 0
     for node in trt_graph.graph.node:
         if node.op_type == "QuantizeLinear":
             source = producer.get(node.input[0])
-            # Nothing quantizes a MatMul/Gemm output or a LayerNorm output.
-            assert source is None or source.op_type not in ("MatMul", "Gemm", "LayerNormalization"), node.name
+            # Nothing quantizes a MatMul/Gemm output.
+            assert source is None or source.op_type not in ("MatMul", "Gemm"), node.name
             users = consumers[node.output[0]]
             assert [u.op_type for u in users] == ["DequantizeLinear"], node.name  # dedicated pair
         if node.op_type == "DequantizeLinear" and node.input[0] not in init:
@@ -194,26 +215,56 @@ def test_trt_calibration_cache_matches_the_ranges(quantized, trt_graph):
         assert scales[name] == pytest.approx(max(abs(low), abs(high)) / 127, rel=1e-6)
 
 
-def test_fp16_graph_sorted_checked_and_fragile_ops_in_fp32(quantized):
+def _types(model):
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.graph.value_info, *inferred.graph.input,
+                                                             *inferred.graph.output)}
+    types.update({i.name: i.data_type for i in model.graph.initializer})
+    return types
+
+
+def test_fp16_graph_lean_sorted_checked_and_kept_nodes_in_fp32(quantized):
     model = onnx.load(str(quantized["path"] / "fusion.fp16.onnx"))
     onnx.checker.check_model(model, full_check=True)
     known = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer} | {""}
     for node in model.graph.node:
         assert all(i in known for i in node.input), f"{node.name} before its inputs' producers"
         known.update(node.output)
-    inferred = onnx.shape_inference.infer_shapes(model)
-    types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.graph.value_info, *inferred.graph.input,
-                                                             *inferred.graph.output)}
-    types.update({i.name: i.data_type for i in model.graph.initializer})
+    conversion = Bundle.open(quantized["path"]).manifest["quantization"]["fp16"]["conversion"]
+    casts = [n for n in model.graph.node if n.op_type == "Cast"]
+    assert conversion["casts"] == len(casts) <= 20  # issue 7's target (103 before)
+    assert conversion["keep_set"]["from"] == "calibration set"
+    assert conversion["keep_set"]["thresholds"]["data_max"] == 512
+    kept = set(conversion["fp32_nodes"])
+    # The measured keep-set: the mask bias, and the Add and Softmax it flows through in padded batches.
+    assert {n.split("/")[-1] for n in kept} == {"Where", "Add", "Softmax"} and len(kept) == 9
+    assert all("data_max" in conversion["fp32_node_reasons"][n] for n in kept)
+    types = _types(model)
     floats = (TensorProto.FLOAT, TensorProto.FLOAT16)
-    kept = [n for n in model.graph.node if n.op_type in ("LayerNormalization", "Softmax", "Where", "ReduceSum")]
-    assert len(kept) >= 4 * 3
-    for node in kept:
-        for name in (*node.input, *node.output):
-            if types.get(name) in floats:
-                assert types[name] == TensorProto.FLOAT, f"{node.op_type} {node.name}: {name} is fp16"
-    assert sum(types.get(n.output[0]) == TensorProto.FLOAT16 for n in model.graph.node if n.op_type == "MatMul") > 20
+    for node in model.graph.node:
+        io = [types.get(name) for name in (*node.input, *node.output) if types.get(name) in floats]
+        if node.name in kept:
+            assert set(io) == {TensorProto.FLOAT}, node.name
+        elif node.op_type in ("MatMul", "Gemm", "LayerNormalization", "Erf", "ReduceSum") and io:  # not int sums
+            assert set(io) == {TensorProto.FLOAT16}, node.name  # everything else runs in fp16
     assert [i.type.tensor_type.elem_type for i in model.graph.output] == [TensorProto.FLOAT] * 2
+
+
+def test_fp16_keep_list_is_overridable(quantized, tmp_path):
+    copy = Path(shutil.copytree(quantized["path"], tmp_path / "copy"))
+    report = quantize_fp16(copy, keep_fp32_nodes=[], keep_fp32_ops=["LayerNormalization"],
+                           evaluator=quantized["evaluator"])
+    conversion = report["conversion"]
+    assert conversion["keep_set"] == {"from": "caller"}
+    assert len(conversion["fp32_nodes"]) == 11 and all("LayerNorm" in n for n in conversion["fp32_nodes"])
+    model = onnx.load(str(copy / "fusion.fp16.onnx"))
+    types = _types(model)
+    for node in model.graph.node:
+        if node.op_type == "Softmax":
+            assert types[node.output[0]] == TensorProto.FLOAT16
+        if node.op_type == "LayerNormalization":
+            assert types[node.output[0]] == TensorProto.FLOAT
+    assert Bundle.open(copy).manifest["quantization"]["fp16"]["conversion"]["casts"] == conversion["casts"]
 
 
 def test_fp16_masks_stay_finite_on_fully_masked_rows(quantized):
@@ -284,6 +335,12 @@ def test_cli_calibrate_from_dir_quantize_and_ask(quantized, tmp_path, capsys):
     assert main(["ask", str(image), "How many objects are there?", "--bundle", str(copy),
                  "--precision", "int8-cpu"]) == 0
     assert capsys.readouterr().out.split("\t")[0] == str(len(generate_scene(5).objects))
+    assert main(["quantize", str(copy), "--precision", "fp16", "--keep-fp32-nodes", "/layers.0/attention/Softmax",
+                 "--keep-fp32", "Erf", "--heldout-scenes", "40", "--json", str(out)]) == 0
+    conversion = json.loads(out.read_text())["conversion"]
+    assert conversion["keep_set"] == {"from": "caller"} and "/layers.0/attention/Softmax" in conversion["fp32_nodes"]
+    assert len(conversion["fp32_nodes"]) == 1 + 5  # the named node and the five Erf (GELU) nodes
+    assert main(["quantize", str(copy), "--precision", "fp16", "--keep-fp32-nodes", "no-such-node"]) == 2
     assert main(["calibrate", str(copy), "--samples", "5"]) == 2  # too few: a clear error, exit 2
     assert main(["ask", str(image), "How many objects are there?", "--bundle", str(copy),
                  "--precision", "int4"]) == 2
@@ -303,3 +360,43 @@ def test_cli_budget_miss_exits_1_with_a_report(quantized, tmp_path, monkeypatch,
     assert "accuracy drop" in report["error"] and report["graphs"]["int8"]["heldout"]["passed"] is False
     assert "MISSED" in capsys.readouterr().out
     assert (copy / "manifest.json").read_bytes() == before
+
+
+def test_polygraphy_run_with_the_bundle_loader_matches_session(quantized, tmp_path):
+    """`polygraphy run BUNDLE/fusion.int8.onnx --onnxrt --data-loader-script BUNDLE/polygraphy_loader.py` on CPU: it
+    runs on the bundle's real feeds, and its saved outputs equal our Session's on the same feeds."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    from polygraphy.comparator import RunResults
+
+    bundle = Bundle.open(quantized["path"])  # the loader is listed (and hash-checked) in the manifest
+    assert "polygraphy_loader.py" in bundle.manifest["files"]
+    loader = quantized["path"] / "polygraphy_loader.py"
+    out = tmp_path / "outputs.json"
+    env = {**os.environ, "FUSIONRT_POLYGRAPHY_LIMIT": "6"}
+    polygraphy = Path(sys.executable).parent / "polygraphy"
+    done = subprocess.run([str(polygraphy), "run", str(quantized["path"] / "fusion.int8.onnx"), "--onnxrt",
+                           "--data-loader-script", str(loader), "--save-outputs", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    spec = importlib.util.spec_from_file_location("bundle_loader", loader)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    os.environ["FUSIONRT_POLYGRAPHY_LIMIT"] = "6"
+    try:
+        feeds = list(module.load_data())
+    finally:
+        del os.environ["FUSIONRT_POLYGRAPHY_LIMIT"]
+    assert len(feeds) == 6 and feeds[0]["input_ids"].shape[0] == 8
+    assert any(not f["visual_mask"].all() for f in feeds)  # padded batches: the masks are exercised
+    with np.load(quantized["path"] / "calibration.npz") as data:
+        assert (feeds[0]["input_ids"] == data["input_ids"][:8, :feeds[0]["input_ids"].shape[1]]).all()  # real feeds
+    (_, iterations), = RunResults.load(str(out)).items()
+    assert len(iterations) == len(feeds)
+    with Session(bundle, precision="int8") as session:
+        for feed, result in zip(feeds, iterations, strict=True):
+            ours = session.run(feed)
+            for name in ("hidden", "logits"):
+                np.testing.assert_allclose(result[name], ours[name], rtol=1e-5, atol=1e-5)

@@ -15,9 +15,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from fusionrt.calibration import polygraphy_loader
+from fusionrt.calibration.autocast import (
+    DEFAULT_THRESHOLDS,
+    Thresholds,
+    collect_activation_stats,
+    fp32_nodes,
+    stats_feeds,
+)
 from fusionrt.calibration.budget import BUDGETS, DEFAULT_HELDOUT_SCENES, Budget, HeldoutEvaluator
 from fusionrt.calibration.errors import BudgetExceededError, CalibrationError, QuantizationError
-from fusionrt.calibration.fp16 import DEFAULT_KEEP_FP32, convert_fp16
+from fusionrt.calibration.fp16 import convert_mixed_precision
 from fusionrt.calibration.manifest import update_manifest
 from fusionrt.calibration.qdq import CPU, TENSORRT, Recipe, write_qdq
 from fusionrt.calibration.ranges import DEFAULT_METHOD, DEFAULT_PERCENTILE, Ranges, collect_ranges, write_trt_cache
@@ -31,12 +39,13 @@ from fusionrt.calibration.samples import (
     load_set,
     validate,
 )
-from fusionrt.io import atomic_write_json
+from fusionrt.io import atomic_write_bytes, atomic_write_json
 from fusionrt.runtime.bundle import Bundle, graph_filename
 
 Progress = Callable[[str], None]
 FUSION, REGION_ENCODER = "fusion", "region_encoder"
 TRT_CACHE_FILE = "fusion.int8.calibration.cache"
+POLYGRAPHY_LOADER_FILE = "polygraphy_loader.py"
 RANGES_FILE = "fusion.int8.ranges.json"
 
 
@@ -67,9 +76,11 @@ def calibrate(bundle_dir: str | Path, samples: int = DEFAULT_SAMPLES, from_dir: 
         data = draw_scenes(bundle, samples, progress=progress)
         validate(data.arrays(), spec, min_samples)
     digest = data.save(bundle.path / SAMPLES_FILE)
+    # The Polygraphy data loader (real feeds for `polygraphy run --data-loader-script`), a numpy-only script.
+    atomic_write_bytes(bundle.path / POLYGRAPHY_LOADER_FILE, Path(polygraphy_loader.__file__).read_bytes())
     record = {"file": SAMPLES_FILE, "sha256": digest, "samples": len(data), "source": data.source,
-              "lengths": data.lengths(), "created_utc": _now()}
-    update_manifest(bundle.path, files=[SAMPLES_FILE], sections={"calibration": record})
+              "lengths": data.lengths(), "created_utc": _now(), "polygraphy_loader": POLYGRAPHY_LOADER_FILE}
+    update_manifest(bundle.path, files=[SAMPLES_FILE, POLYGRAPHY_LOADER_FILE], sections={"calibration": record})
     return record
 
 
@@ -99,20 +110,49 @@ def _publish(bundle: Bundle, staged: dict[str, Path], precisions: Sequence[str],
                            sections={"quantization": quantization})
 
 
-def quantize_fp16(bundle_dir: str | Path, keep_fp32: Sequence[str] = DEFAULT_KEEP_FP32,
+def fp32_keep_set(bundle_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLDS,
+                  progress: Progress | None = None) -> dict[str, str]:
+    """Node name -> reason, for the nodes of the bundle's fp32 fusion graph that must stay FP32 in a
+    half-precision (FP16 or BF16) copy, measured on the bundle's calibration set (see
+    :mod:`fusionrt.calibration.autocast`). Pass its keys to :func:`convert_mixed_precision`."""
+    bundle = Bundle.open(bundle_dir)
+    fp32 = fp32_fusion_path(bundle)
+    data = load_calibration(bundle)
+    if progress:
+        progress(f"measuring activations over {len(data)} calibration samples (single and in padded batches)")
+    return fp32_nodes(fp32, collect_activation_stats(fp32, stats_feeds(data)), thresholds)
+
+
+def quantize_fp16(bundle_dir: str | Path, keep_fp32_nodes: Sequence[str] | None = None,
+                  keep_fp32_ops: Sequence[str] = (), thresholds: Thresholds = DEFAULT_THRESHOLDS,
                   heldout_scenes: int = DEFAULT_HELDOUT_SCENES, budget: Budget | None = None,
                   evaluator: HeldoutEvaluator | None = None, progress: Progress | None = None) -> dict[str, Any]:
-    """Write ``fusion.fp16.onnx``, measure it against fp32 PyTorch, register it if within budget."""
+    """Write ``fusion.fp16.onnx``, measure it against fp32 PyTorch, register it if within budget.
+
+    The nodes kept in FP32 are measured on the calibration set (:func:`fp32_keep_set` with ``thresholds``)
+    unless ``keep_fp32_nodes`` names them; every node of an op type in ``keep_fp32_ops`` is kept too.
+    The manifest records the kept nodes (with the reason of each), the thresholds and the Cast count."""
     bundle = Bundle.open(bundle_dir)
     fp32 = fp32_fusion_path(bundle)
     budget = budget or BUDGETS["fp16"]
     started = time.perf_counter()
+    if keep_fp32_nodes is None:
+        reasons = fp32_keep_set(bundle.path, thresholds, progress)
+        source = {"from": "calibration set", "thresholds": thresholds.to_dict(),
+                  "calibration_sha256": bundle.manifest["calibration"].get("sha256")}
+    else:
+        reasons = dict.fromkeys(keep_fp32_nodes, "given by the caller")
+        source = {"from": "caller"}
     stage = _stage(bundle)
     try:
         name = graph_filename(FUSION, "fp16")
         if progress:
-            progress("converting to fp16")
-        summary = convert_fp16(fp32, stage / name, keep_fp32)
+            progress(f"converting to fp16 ({len(reasons)} node(s) kept in fp32 from the data)")
+        summary = convert_mixed_precision(fp32, stage / name, dtype="float16", keep_fp32_nodes=list(reasons),
+                                          keep_fp32_ops=keep_fp32_ops)
+        summary["fp32_node_reasons"] = {n: reasons.get(n, f"op type in keep_fp32_ops {list(keep_fp32_ops)}")
+                                        for n in summary["fp32_nodes"]}
+        summary["keep_set"] = source
         evaluator = evaluator or HeldoutEvaluator(bundle, heldout_scenes, progress=progress)
         measurement = evaluator.measure_path(stage / name)
         report = {"precision": "fp16", "created_utc": _now(), "file": name, "conversion": summary,

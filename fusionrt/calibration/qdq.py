@@ -1,10 +1,12 @@
 """Write Q/DQ graphs from one set of ranges: the TensorRT recipe and the ONNX Runtime CPU recipe.
 
 TensorRT (``int8``): symmetric INT8 activations (per tensor) and weights (per output channel),
-only MatMul/Gemm inputs quantized, no Q/DQ on their outputs, one dedicated Q/DQ pair per consumer,
-bias left in float (docs/tensorrt.md). CPU (``int8-cpu``): U8S8, asymmetric UINT8 activations and
-per-channel INT8 weights, which ORT fuses into integer MatMul kernels (field-notes.md: S8S8 is 2-3x
-slower than fp32 there, U8S8 faster).
+both inputs of every MatMul/Gemm quantized (LayerNorm outputs included: TensorRT fuses the Quantize into
+the LayerNorm kernel, and a GEMM with a float activation would run in float), the attention MatMuls
+(QK^T, attn.V) too by default, no Q/DQ on their outputs, one dedicated Q/DQ pair per consumer, bias
+left in float (docs/tensorrt.md, CORRECTION line; the options were measured, see benchmarks/RESULTS.md).
+CPU (``int8-cpu``): U8S8, asymmetric UINT8 activations and per-channel INT8 weights, which ORT fuses
+into integer MatMul kernels (field-notes.md: S8S8 is 2-3x slower than fp32 there, U8S8 faster).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from fusionrt.calibration.ranges import Ranges, ort_method, save_ort_cache
 from fusionrt.io import atomic_path
 
 QUANTIZED_OPS = ("MatMul", "Gemm")
+RESIDUAL_OPS = ("Add", "LayerNormalization")
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,15 @@ class Recipe:
     dedicated_pairs: bool
     # TensorRT rules applied after onnxruntime placed the pairs (see :func:`enforce_matmul_only`).
     matmul_consumers_only: bool = False
-    layernorm_outputs_float: bool = False
+    # Q/DQ on QK^T and attn.V (MatMuls of two activations); False leaves them in float.
+    attention_matmuls: bool = True
+    # Q/DQ also on the inputs of residual Adds and LayerNorms, as ModelOpt places them (measured, not default).
+    residual_layernorm_inputs: bool = False
+
+    @property
+    def op_types(self) -> tuple[str, ...]:
+        """Op types whose inputs this recipe quantizes (and whose ranges it needs)."""
+        return QUANTIZED_OPS + (RESIDUAL_OPS if self.residual_layernorm_inputs else ())
 
     def options(self) -> dict[str, Any]:
         from onnxruntime.quantization import QuantType
@@ -50,13 +61,13 @@ class Recipe:
             "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
         }
         if not self.quantize_outputs:
-            extra["OpTypesToExcludeOutputQuantization"] = list(QUANTIZED_OPS)
+            extra["OpTypesToExcludeOutputQuantization"] = list(self.op_types)
         return {"activation_type": getattr(QuantType, self.activation), "weight_type": QuantType.QInt8,
                 "per_channel": True, "extra_options": extra}
 
 
 TENSORRT = Recipe("int8", "QInt8", symmetric_activations=True, quantize_outputs=False, dedicated_pairs=True,
-                  matmul_consumers_only=True, layernorm_outputs_float=True)
+                  matmul_consumers_only=True)
 CPU = Recipe("int8-cpu", "QUInt8", symmetric_activations=False, quantize_outputs=False, dedicated_pairs=False)
 RECIPES = {r.precision: r for r in (TENSORRT, CPU)}
 
@@ -69,14 +80,35 @@ def quantizable_nodes(fp32_path: str | Path) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS]
 
 
-def enforce_matmul_only(model: Any, layernorm_outputs_float: bool = True) -> dict[str, int]:
+def activation_matmuls(fp32_path: str | Path) -> list[str]:
+    """MatMul/Gemm nodes none of whose inputs is a weight (an initializer): QK^T and attn.V."""
+    import onnx
+
+    model = onnx.load(str(fp32_path), load_external_data=False)
+    weights = {i.name for i in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS and not weights & set(n.input)]
+
+
+def residual_adds(fp32_path: str | Path) -> tuple[list[str], list[str]]:
+    """(Adds of two activations that do not feed a Softmax: the residual Adds and the embedding sum;
+    every other Add: Linear biases, the attention mask bias)."""
+    import onnx
+
+    model = onnx.load(str(fp32_path), load_external_data=False)
+    constants = {i.name for i in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant"
+                                                              for o in n.output}
+    to_softmax = {n.input[0] for n in model.graph.node if n.op_type == "Softmax"}
+    adds = [n for n in model.graph.node if n.op_type == "Add"]
+    residual = [n.name for n in adds if not constants & set(n.input) and n.output[0] not in to_softmax]
+    return residual, [n.name for n in adds if n.name not in residual]
+
+
+def enforce_matmul_only(model: Any, allowed: Sequence[str] = QUANTIZED_OPS) -> dict[str, int]:
     """Remove activation Q/DQ pairs onnxruntime placed where TensorRT's rules forbid them, in place.
 
-    With ``DedicatedQDQPair`` onnxruntime gives every consumer of a quantized tensor its own pair,
-    including Concat and Shape consumers of a MatMul input: those consumers are rewired to the float
-    tensor. With ``layernorm_outputs_float``, pairs on a LayerNormalization output are removed too,
-    so no LayerNorm output is ever INT8 (the MatMul behind it then runs with a float activation and
-    its weight dequantized). Weight DQs (on initializers) are left alone.
+    onnxruntime also gives Concat and Shape consumers of a MatMul input a pair (with ``DedicatedQDQPair``
+    its own, or a DequantizeLinear shared with the MatMul): those consumers are rewired to the float
+    tensor, the MatMul keeps its DequantizeLinear. Weight DQs (on initializers) are left alone.
     """
     graph = model.graph
     nodes = list(graph.node)  # one list of the node objects: positions below index into it
@@ -85,7 +117,7 @@ def enforce_matmul_only(model: Any, layernorm_outputs_float: bool = True) -> dic
     for i, node in enumerate(nodes):
         for name in node.input:
             consumers.setdefault(name, []).append(i)
-    removed = {"non_matmul_consumers": 0, "layernorm_outputs": 0}
+    removed = {"non_matmul_consumers": 0}
     drop: set[int] = set()
     for d, dq in enumerate(nodes):
         if dq.op_type != "DequantizeLinear" or dq.input[0] not in producer:
@@ -93,16 +125,15 @@ def enforce_matmul_only(model: Any, layernorm_outputs_float: bool = True) -> dic
         q = nodes[producer[dq.input[0]]]
         if q.op_type != "QuantizeLinear":
             continue
-        source = nodes[producer[q.input[0]]] if q.input[0] in producer else None
-        after_layernorm = layernorm_outputs_float and source is not None and source.op_type == "LayerNormalization"
         users = [nodes[u] for u in consumers.get(dq.output[0], [])]
-        if after_layernorm or any(u.op_type not in QUANTIZED_OPS for u in users):
-            for user in users:
-                for k, name in enumerate(user.input):
-                    if name == dq.output[0]:
-                        user.input[k] = q.input[0]
+        refused = [u for u in users if u.op_type not in allowed]
+        for user in refused:  # e.g. the Concat beside the Q projection reading a LayerNorm output
+            for k, name in enumerate(user.input):
+                if name == dq.output[0]:
+                    user.input[k] = q.input[0]
+        removed["non_matmul_consumers"] += len(refused)
+        if len(refused) == len(users):
             drop.add(d)
-            removed["layernorm_outputs" if after_layernorm else "non_matmul_consumers"] += 1
     kept = [n for i, n in enumerate(nodes) if i not in drop]
     read = {name for n in kept for name in n.input} | {o.name for o in graph.output}
     kept = [n for n in kept if not (n.op_type == "QuantizeLinear" and n.output[0] not in read)]
@@ -130,6 +161,10 @@ def write_qdq(fp32_path: str | Path, out_path: str | Path, ranges: Ranges, recip
     unknown = sorted(set(exclude) - known)
     if unknown:
         raise QuantizationError("exclude", "MatMul/Gemm node names of the graph", repr(unknown[:5]))
+    if not recipe.attention_matmuls:
+        exclude = [*exclude, *(n for n in activation_matmuls(fp32_path) if n not in exclude)]
+    if recipe.residual_layernorm_inputs:
+        exclude = [*exclude, *residual_adds(fp32_path)[1]]
     with tempfile.TemporaryDirectory(prefix="fusionrt-quant-") as tmp:
         # quantize_static writes "<model>-inferred.onnx" next to its input: give it a copy in the temp dir.
         model = Path(tmp) / "model.onnx"
@@ -140,7 +175,7 @@ def write_qdq(fp32_path: str | Path, out_path: str | Path, ranges: Ranges, recip
         logging.getLogger().setLevel(logging.ERROR)  # "please pre-process" warnings on every call
         try:
             quantize_static(str(model), str(out), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_exclude=list(exclude),
+                            op_types_to_quantize=list(recipe.op_types), nodes_to_exclude=list(exclude),
                             calibrate_method=ort_method(ranges.method), calibration_cache_path=str(cache),
                             **recipe.options())
         except Exception as exc:
@@ -152,7 +187,7 @@ def write_qdq(fp32_path: str | Path, out_path: str | Path, ranges: Ranges, recip
             import onnx
 
             model = onnx.load(str(out))
-            enforce_matmul_only(model, recipe.layernorm_outputs_float)
+            enforce_matmul_only(model, recipe.op_types)
             onnx.checker.check_model(model)
             onnx.save(model, str(out))
         with atomic_path(out_path) as target:

@@ -13,7 +13,7 @@ import io
 import math
 import struct
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,8 +98,12 @@ class _OneFeed:
 
 def collect_ranges(fp32_path: str | Path, feeds: Iterable[Mapping[str, np.ndarray]], method: str = DEFAULT_METHOD,
                    percentile: float | None = DEFAULT_PERCENTILE, bins: int = 2048,
-                   progress: Callable[[str], None] | None = None) -> Ranges:
-    """Run the fp32 graph over ``feeds`` and compute every MatMul/Gemm input and output range with ``method``
+                   progress: Callable[[str], None] | None = None,
+                   op_types: Sequence[str] = CALIBRATED_OPS, drop_constant: bool = False) -> Ranges:
+    """Run the fp32 graph over ``feeds`` and compute every input and output range of the ``op_types`` nodes
+    (MatMul/Gemm by default; a recipe's ``op_types``) with ``method``. ``drop_constant`` leaves out tensors that were
+    constant over ``feeds`` (they stay float) instead of raising: the mask bias read by an Add is all zero over
+    unpadded samples.
     (``minmax``, ``percentile`` at ``percentile``, or ``entropy``; histograms of ``bins`` bins: entropy's
     cost grows with bins squared). Nothing is written outside a temporary directory."""
     from onnxruntime.quantization.calibrate import create_calibrator
@@ -111,7 +115,7 @@ def collect_ranges(fp32_path: str | Path, feeds: Iterable[Mapping[str, np.ndarra
         "entropy": {"symmetric": True, "num_bins": bins, "num_quantized_bins": 128},
     }[method]
     with tempfile.TemporaryDirectory(prefix="fusionrt-calib-") as tmp:
-        calibrator = create_calibrator(Path(fp32_path), list(CALIBRATED_OPS),
+        calibrator = create_calibrator(Path(fp32_path), list(op_types),
                                        augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                                        calibrate_method=ort_method(method), providers=["CPUExecutionProvider"],
                                        extra_options=options)
@@ -128,7 +132,8 @@ def collect_ranges(fp32_path: str | Path, feeds: Iterable[Mapping[str, np.ndarra
     values = {}
     for name, tensor in data.data.items():
         low, high = (float(np.asarray(v).item()) for v in tensor.range_value)
-        values[name] = (low, high)
+        if not (drop_constant and low == high):
+            values[name] = (low, high)
     validate_ranges(values)
     return Ranges(method, values, percentile if method == "percentile" else None, count)
 

@@ -15,7 +15,6 @@ EXIT_BUDGET_MISSED = 1
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from fusionrt.calibration.budget import DEFAULT_HELDOUT_SCENES
-    from fusionrt.calibration.fp16 import DEFAULT_KEEP_FP32
     from fusionrt.calibration.ranges import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS
 
     parser = subparsers.add_parser("quantize", help="write FP16 or INT8 graphs into a bundle, budget-checked")
@@ -25,8 +24,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS, help=f"default {DEFAULT_METHOD}")
     parser.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE,
                         help=f"for --method percentile (default {DEFAULT_PERCENTILE})")
-    parser.add_argument("--keep-fp32", default=",".join(DEFAULT_KEEP_FP32),
-                        help="fp16: comma-separated op types kept in FP32")
+    parser.add_argument("--keep-fp32", default="", metavar="OPS",
+                        help="fp16: comma-separated op types kept in FP32 on top of the nodes the calibration data "
+                             "selects (e.g. Softmax,LayerNormalization)")
+    parser.add_argument("--keep-fp32-nodes", default=None, metavar="NAMES",
+                        help="fp16: comma-separated node names kept in FP32 INSTEAD of the set measured on the "
+                             "calibration set ('' keeps none); see the manifest's quantization.fp16.conversion")
     parser.add_argument("--heldout-scenes", type=int, default=DEFAULT_HELDOUT_SCENES,
                         help=f"held-out scenes the budget is measured on (default {DEFAULT_HELDOUT_SCENES})")
     parser.add_argument("--no-sensitivity", action="store_true",
@@ -59,9 +62,11 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         if args.precision == "fp16":
-            keep = tuple(op.strip() for op in args.keep_fp32.split(",") if op.strip())
-            report = quantize_fp16(args.bundle, keep_fp32=keep, heldout_scenes=args.heldout_scenes,
-                                   progress=progress)
+            ops = tuple(op.strip() for op in args.keep_fp32.split(",") if op.strip())
+            nodes = None if args.keep_fp32_nodes is None else \
+                tuple(n.strip() for n in args.keep_fp32_nodes.split(",") if n.strip())
+            report = quantize_fp16(args.bundle, keep_fp32_nodes=nodes, keep_fp32_ops=ops,
+                                   heldout_scenes=args.heldout_scenes, progress=progress)
         else:
             report = quantize_int8(args.bundle, method=args.method, percentile=args.percentile,
                                    heldout_scenes=args.heldout_scenes, sensitivity=not args.no_sensitivity,

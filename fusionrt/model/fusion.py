@@ -6,9 +6,14 @@ in a residual with a LayerNorm; the LayerNorm comes first in each block (pre-nor
 after the last layer. Pre-norm was measured to train several times faster than the post-norm
 of the design article on the 15-minute CPU budget (see README).
 
-Masks are boolean and applied with ``Where`` and a finite fill that fits float16, and rows
-whose keys are all masked get zero attention output instead of NaN, so the graph stays
-finite after FP16 conversion.
+The key mask is turned once into an additive bias ``[B,1,1,S]`` (0 for a real key, a finite fill
+that fits float16 for a masked one) that every layer adds to the scaled ``Q K^T`` right before the
+Softmax: ``MatMul -> Add -> Softmax -> MatMul`` is the attention pattern TensorRT and ModelOpt fuse
+(a ``Where`` between the MatMul and the Softmax hides it). A row whose keys are all masked gets
+zero attention output instead of NaN or an average of padding: the context is multiplied by a
+``[B,1,1,1]`` has-a-key factor after the second MatMul, outside the fused pattern. Outputs equal
+the former ``Where`` form: ``exp(score + fill - max)`` underflows to exactly 0 in float32, as
+``exp(fill - max)`` did.
 """
 
 from __future__ import annotations
@@ -21,6 +26,17 @@ from torch import nn
 from fusionrt.model.config import FusionConfig
 
 
+def attention_mask_terms(key_mask: torch.Tensor, fill: float,
+                         dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """From a boolean key mask [B,S]: the additive bias [B,1,1,S] (0 where a key is allowed, ``fill``
+    where it is masked) and the has-a-key factor [B,1,1,1] (1.0, or 0.0 for a row with no key at all).
+    Computed once per forward and shared by every layer."""
+    allowed = key_mask[:, None, None, :]
+    mask_bias = torch.where(allowed, torch.zeros((), dtype=dtype), torch.full((), fill, dtype=dtype))
+    has_key = allowed.any(dim=-1, keepdim=True).to(dtype)
+    return mask_bias, has_key
+
+
 class CrossAttention(nn.Module):
     """Multi-head attention of text queries over ``[text; visual]`` keys and values."""
 
@@ -29,7 +45,6 @@ class CrossAttention(nn.Module):
         self.heads = config.heads
         self.head_dim = config.hidden // config.heads
         self.scale = 1.0 / math.sqrt(self.head_dim)
-        self.mask_fill = config.mask_fill
         self.query = nn.Linear(config.hidden, config.hidden)
         self.key = nn.Linear(config.hidden, config.hidden)
         self.value = nn.Linear(config.hidden, config.hidden)
@@ -39,20 +54,18 @@ class CrossAttention(nn.Module):
         batch, length, _ = x.shape
         return x.reshape(batch, length, self.heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, text: torch.Tensor, visual: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, text: torch.Tensor, visual: torch.Tensor, mask_bias: torch.Tensor,
+                has_key: torch.Tensor) -> torch.Tensor:
+        """``mask_bias`` float [B,1,1,S] (0 or the fill), ``has_key`` float [B,1,1,1] (1 or 0): see
+        :func:`attention_mask_terms`."""
         keys_values = torch.cat([text, visual], dim=1)
         # Scaling Q before the first MatMul is the pattern TensorRT fuses into one MHA kernel.
         q = self._split(self.query(text) * self.scale)
         k = self._split(self.key(keys_values))
         v = self._split(self.value(keys_values))
-        scores = torch.matmul(q, k.transpose(-1, -2))
-        allowed = key_mask[:, None, None, :]
-        scores = scores.masked_fill(~allowed, self.mask_fill)
-        probs = torch.softmax(scores, dim=-1)
+        probs = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) + mask_bias, dim=-1)
         # A row with no allowed key would otherwise average the masked values; make it zero.
-        any_key = allowed.any(dim=-1, keepdim=True)
-        probs = probs.masked_fill(~any_key, 0.0)
-        context = torch.matmul(probs, v).transpose(1, 2)
+        context = (torch.matmul(probs, v) * has_key).transpose(1, 2)
         batch, length = text.shape[0], text.shape[1]
         return self.out(context.reshape(batch, length, self.heads * self.head_dim))
 
@@ -69,8 +82,9 @@ class FusionLayer(nn.Module):
         )
         self.feed_forward_norm = nn.LayerNorm(config.hidden, eps=config.layer_norm_eps)
 
-    def forward(self, text: torch.Tensor, visual: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        text = text + self.attention(self.attention_norm(text), visual, key_mask)
+    def forward(self, text: torch.Tensor, visual: torch.Tensor, mask_bias: torch.Tensor,
+                has_key: torch.Tensor) -> torch.Tensor:
+        text = text + self.attention(self.attention_norm(text), visual, mask_bias, has_key)
         return text + self.feed_forward(self.feed_forward_norm(text))
 
 
@@ -106,9 +120,10 @@ class FusionModel(nn.Module):
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         text = self.text_norm(self.token_embedding(input_ids) + self.position_embedding(positions)[None])
         visual = self.visual_norm(self.visual_projection(visual_feats))
-        key_mask = torch.cat([text_mask, visual_mask], dim=1)
+        mask_bias, has_key = attention_mask_terms(torch.cat([text_mask, visual_mask], dim=1),
+                                                  self.config.mask_fill, text.dtype)
         for layer in self.layers:
-            text = layer(text, visual, key_mask)
+            text = layer(text, visual, mask_bias, has_key)
         text = self.final_norm(text)
         keep = text_mask[:, :, None].to(text.dtype)
         hidden = text * keep
