@@ -2,11 +2,11 @@
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_bf16_graph.py BUNDLE [--threads 1] [--heldout-scenes 300]
 
-The BF16 graph is the FP16 graph of ``fusionrt quantize --precision fp16`` (same kept-FP32 ops) with
-every FLOAT16 tensor, cast and constant retyped to BFLOAT16 (round to nearest even): what a dtype switch
-of the converter would write. Prints whether ONNX Runtime's CPU kernels load it, its held-out accuracy on
-OpenVINO against fp32 PyTorch, and OpenVINO's latency on it vs the fp32 graph with the f32 and bf16 hints
-(B=1 and B=8, T=16, M=8, timed in blocks). Nothing is added to the bundle.
+BUNDLE must be calibrated (``fusionrt calibrate``). The BF16 graph is ``convert_mixed_precision(fp32,
+dtype="bfloat16")`` with the FP32 keep-set measured on the calibration set (``fp32_keep_set``, as for the
+FP16 graph): what ``--precision bf16`` would write. Prints whether ONNX Runtime's CPU kernels load it, its
+held-out accuracy on OpenVINO against fp32 PyTorch, and OpenVINO's latency on it vs the fp32 graph with the
+f32 and bf16 hints (B=1 and B=8, T=16, M=8, timed in blocks). Nothing is added to the bundle.
 """
 
 from __future__ import annotations
@@ -18,45 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fusionrt.calibration.budget import HeldoutEvaluator
-from fusionrt.calibration.fp16 import convert_fp16
+from fusionrt.calibration import HeldoutEvaluator, convert_mixed_precision, fp32_keep_set
 from fusionrt.parity import fusion_feed
 from fusionrt.runtime import Bundle
 from fusionrt.runtime.backends.openvino import compiled_from_onnx, runtime_precisions
 from fusionrt.runtime.timing import medians, time_in_blocks
-
-
-def _bf16_tensor(tensor):
-    """A FLOAT16 TensorProto as BFLOAT16 (values rounded to nearest even from their float32 value)."""
-    from onnx import TensorProto, numpy_helper
-
-    bits = numpy_helper.to_array(tensor).astype(np.float32).view(np.uint32)
-    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-    out = TensorProto(name=tensor.name, dims=list(tensor.dims), data_type=TensorProto.BFLOAT16)
-    out.raw_data = rounded.tobytes()
-    return out
-
-
-def write_bf16_graph(fp32_path: Path, out_path: Path) -> None:
-    import onnx
-    from onnx import AttributeProto, TensorProto
-
-    convert_fp16(fp32_path, out_path)
-    model = onnx.load(str(out_path))
-    initializers = [_bf16_tensor(t) if t.data_type == TensorProto.FLOAT16 else t for t in model.graph.initializer]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(initializers)
-    for node in model.graph.node:
-        for attribute in node.attribute:
-            if attribute.name == "to" and attribute.i == TensorProto.FLOAT16:
-                attribute.i = TensorProto.BFLOAT16
-            if attribute.type == AttributeProto.TENSOR and attribute.t.data_type == TensorProto.FLOAT16:
-                attribute.t.CopyFrom(_bf16_tensor(attribute.t))
-    for info in model.graph.value_info:
-        if info.type.tensor_type.elem_type == TensorProto.FLOAT16:
-            info.type.tensor_type.elem_type = TensorProto.BFLOAT16
-    onnx.checker.check_model(model)
-    onnx.save(model, str(out_path))
 
 
 def main() -> None:
@@ -70,7 +36,8 @@ def main() -> None:
     result: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         bf16 = Path(tmp) / "fusion.bf16.onnx"
-        write_bf16_graph(fp32, bf16)
+        keep = fp32_keep_set(args.bundle)
+        result["conversion"] = convert_mixed_precision(fp32, bf16, dtype="bfloat16", keep_fp32_nodes=list(keep))
         result["bytes"] = {"fp32": fp32.stat().st_size, "bf16": bf16.stat().st_size}
         try:
             import onnxruntime as ort
