@@ -80,10 +80,20 @@ def test_session_describes_its_io(session):
     assert session.backend == "onnxruntime" and session.precision == "fp32" and session.graph == "fusion"
 
 
+# The exported graph on each engine against the PyTorch module, within 1e-5 (the export gate is 1e-4).
+SERVING_BACKENDS = ["onnxruntime", "openvino"]
+
+
+@pytest.fixture(scope="module", params=SERVING_BACKENDS)
+def served(request, bundle):
+    """A Session on each backend that runs the exported graph."""
+    return Session(bundle, request.param)
+
+
 @pytest.mark.parametrize(("batch", "text", "visual"), [(1, 1, 1), (3, 16, 8), (16, 7, 2)])
-def test_onnxruntime_matches_torch(session, tiny_model, batch, text, visual):
+def test_exported_graph_matches_torch(served, tiny_model, batch, text, visual):
     f = feed(batch, text, visual, seed=batch)
-    got, want = session.run(f), torch_outputs(tiny_model, f)
+    got, want = served.run(f), torch_outputs(tiny_model, f)
     for name in ("hidden", "logits"):
         assert got[name].shape == want[name].shape and got[name].dtype == np.float32
         np.testing.assert_allclose(got[name], want[name], atol=1e-5, rtol=0)
@@ -102,12 +112,12 @@ def test_torch_backend_refuses_other_weights_or_no_module(bundle):
         Session(bundle, "torch")
 
 
-def test_empty_visual_set_is_padded_to_one_masked_slot(session):
+def test_empty_visual_set_is_padded_to_one_masked_slot(served):
     f = feed(batch=2, text=4, visual=1)
     f["visual_mask"][:] = False
     f["visual_feats"][:] = 0
     empty = {**f, "visual_feats": np.zeros((2, 0, 12), np.float32), "visual_mask": np.zeros((2, 0), bool)}
-    got, want = session.run(empty), session.run(f)
+    got, want = served.run(empty), served.run(f)
     np.testing.assert_array_equal(got["logits"], want["logits"])
     assert np.isfinite(got["hidden"]).all()
 
@@ -162,7 +172,7 @@ def _cases():
 
 
 @pytest.mark.parametrize(("case", "bad", "name", "expected", "received"), _cases(), ids=[c[0] for c in _cases()])
-@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "torch"])
 def test_bad_inputs_are_refused_with_a_clear_error(bundle, tiny_model, backend, case, bad, name, expected, received):
     options = {"module": tiny_model} if backend == "torch" else {}
     s = Session(bundle, backend, **options)
@@ -185,7 +195,8 @@ def test_input_error_is_the_package_error():
     assert InputError is errors.InputError and issubclass(InputError, ValueError)
 
 
-def test_concurrent_runs_from_threads_are_correct(session):
+def test_concurrent_runs_from_threads_are_correct(served):
+    session = served
     feeds = [feed(batch=1 + i % 4, text=1 + i % 16, visual=1 + i % 8, seed=i) for i in range(16)]
     expected = [session.run(f)["logits"] for f in feeds]
     errors, barrier = [], threading.Barrier(8)
@@ -207,12 +218,13 @@ def test_concurrent_runs_from_threads_are_correct(session):
     assert not errors, errors[:3]
 
 
-def test_onnxruntime_backend_does_not_import_torch(bundle):
+@pytest.mark.parametrize("backend", SERVING_BACKENDS)
+def test_serving_backend_does_not_import_torch(bundle, backend):
     code = (
         "import sys, numpy as np\n"
         "from fusionrt.runtime import Session\n"
         "from fusionrt.parity.grid import fusion_feed\n"
-        f"s = Session({str(bundle)!r})\n"
+        f"s = Session({str(bundle)!r}, {backend!r})\n"
         "f = fusion_feed(s.runner.graph, 2, 4, 3, np.random.default_rng(0))\n"
         "out = s.run(f)\n"
         "assert out['logits'].shape == (2, 7)\n"
@@ -224,8 +236,8 @@ def test_onnxruntime_backend_does_not_import_torch(bundle):
 
 
 def test_unknown_backend_lists_the_backends(bundle):
-    with pytest.raises(BackendError,
-                       match=r"backend: expected one of \['onnxruntime', 'tensorrt', 'torch'\], received 'trt'"):
+    listed = r"\['onnxruntime', 'openvino', 'tensorrt', 'torch'\]"
+    with pytest.raises(BackendError, match=rf"backend: expected one of {listed}, received 'trt'"):
         Session(bundle, "trt")
 
 

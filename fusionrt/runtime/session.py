@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from fusionrt.runtime.auto import AUTO, AutoChoice, resolve_auto
 from fusionrt.runtime.bundle import Bundle
 from fusionrt.runtime.errors import BackendError
 from fusionrt.runtime.runner import Runner
@@ -19,6 +20,7 @@ BACKENDS: dict[str, str] = {
     "onnxruntime": "fusionrt.runtime.backends.onnxrt:OnnxRuntimeRunner",
     "torch": "fusionrt.runtime.backends.pytorch:TorchRunner",
     "tensorrt": "fusionrt.runtime.backends.tensorrt:TensorRTRunner",
+    "openvino": "fusionrt.runtime.backends.openvino:OpenVinoRunner",
 }
 
 
@@ -36,8 +38,11 @@ class Session:
     ``bundle``: a bundle directory (opened and hash-verified here) or an opened :class:`Bundle`
     (so several sessions share one verification). ``backend``: a name of :data:`BACKENDS`.
     ``graph``: ``"fusion"`` or ``"region_encoder"``. ``precision``: ``"fp32"`` or a precision the
-    manifest lists for the graph. ``options`` go to the backend's runner (for onnxruntime:
-    ``providers``, ``threads``, ``optimization``; for torch: ``module``, ``checkpoint``).
+    manifest lists for the graph, or ``"auto"``: the path ``fusionrt tune`` recorded in the manifest as
+    fastest within budget (with ``backend="auto"`` the fastest overall, else the fastest on ``backend``;
+    see :mod:`fusionrt.runtime.auto`). ``options`` go to the backend's runner (for onnxruntime:
+    ``providers``, ``threads``, ``optimization``; for openvino: ``hint``, ``threads``; for torch:
+    ``module``, ``checkpoint``).
 
     ``run`` validates its feed against the manifest (raising :class:`fusionrt.errors.InputError`)
     and is safe to call from several threads at once. ``close`` waits for the calls in flight; after
@@ -46,8 +51,15 @@ class Session:
 
     def __init__(self, bundle: str | Path | Bundle, backend: str = "onnxruntime", graph: str = "fusion",
                  precision: str = "fp32", **options: Any) -> None:
-        cls = runner_class(backend)
+        if AUTO not in (backend, precision):
+            runner_class(backend)  # an unknown backend is refused before the bundle is read
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+        self.auto: AutoChoice | None = None
+        if AUTO in (backend, precision):
+            self.auto = resolve_auto(self.bundle, backend, graph)
+            backend, precision = self.auto.backend, self.auto.precision
+            options = {**self.auto.options, **options}
+        cls = runner_class(backend)
         self.runner: Runner = cls(self.bundle, graph, precision, **options)
         self.runner.activate()
 
@@ -82,7 +94,10 @@ class Session:
         return self.runner.infer(feed)
 
     def describe(self) -> dict[str, Any]:
-        return {**self.runner.describe(), "bundle": str(self.bundle.path)}
+        info = {**self.runner.describe(), "bundle": str(self.bundle.path)}
+        if self.auto is not None:
+            info["auto"] = {"ms": self.auto.ms, "same_machine": self.auto.same_machine}
+        return info
 
     def close(self) -> None:
         """Refuse new calls, wait for those in flight, release the engine (idempotent)."""

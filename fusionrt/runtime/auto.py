@@ -1,0 +1,105 @@
+"""``precision="auto"``: run the backend x precision that ``fusionrt tune`` measured fastest within budget.
+
+The choice lives in the bundle's ``manifest.json`` section ``"auto"`` (written by
+:func:`fusionrt.calibration.choose.choose_path`)::
+
+    {"backend": "onnxruntime", "precision": "int8-cpu", "options": {...}, "ms": {"1": 1.1, "8": 4.3},
+     "machine": {...}, "candidates": [{"backend": ..., "precision": ..., "options": ..., "ms": ..., "passed": ...}]}
+
+Reading it needs no torch. The choice was timed on one machine; :func:`machine_fingerprint` is recorded
+with it and :func:`resolve_auto` says whether this machine matches, because the fastest path on a CPU
+with AMX (BF16) is not the fastest on one with AVX2 only.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+from fusionrt.runtime.bundle import Bundle
+from fusionrt.runtime.errors import BundleError
+
+AUTO = "auto"
+SECTION = "auto"
+# CPU features that decide which precision is fastest (BF16 and INT8 dot-product instructions).
+_CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
+_PACKAGES = ("onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt")
+
+
+def _cpu() -> tuple[str, list[str]]:
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                if name and flags:
+                    break
+    except OSError:  # not Linux: the model name from platform is all there is
+        pass
+    return name, [f for f in _CPU_FLAGS if f in flags]
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine_fingerprint() -> dict[str, Any]:
+    """What the timing of a path depends on: CPU model and its BF16/INT8 features, cores, engine versions."""
+    name, flags = _cpu()
+    versions = {p: v for p in _PACKAGES if (v := _version(p)) is not None}
+    return {"cpu": name, "cpu_flags": flags, "cores": os.cpu_count(), "versions": versions}
+
+
+def same_machine(recorded: dict[str, Any], current: dict[str, Any] | None = None) -> bool:
+    """Whether ``recorded`` (a fingerprint) describes this machine's CPU, core count and engines."""
+    current = current or machine_fingerprint()
+    return all(recorded.get(k) == current.get(k) for k in ("cpu", "cpu_flags", "cores", "versions"))
+
+
+@dataclass(frozen=True)
+class AutoChoice:
+    """A resolved ``precision="auto"``: what to run, and whether it was measured on this machine."""
+
+    backend: str
+    precision: str
+    options: dict[str, Any] = field(default_factory=dict)
+    ms: dict[str, float] = field(default_factory=dict)
+    same_machine: bool = True
+
+
+def recorded_choice(bundle: Bundle) -> dict[str, Any]:
+    """The manifest's ``auto`` section, or :class:`BundleError` saying how to make one."""
+    section = bundle.manifest.get(SECTION)
+    if not isinstance(section, dict) or not isinstance(section.get("candidates"), list):
+        raise BundleError(f"manifest.json {SECTION}", "a choice recorded by `fusionrt tune BUNDLE` "
+                          "(precision='auto' runs the path measured fastest within budget)", "none")
+    return section
+
+
+def resolve_auto(bundle: Bundle, backend: str, graph: str = "fusion") -> AutoChoice:
+    """The recorded choice for ``backend`` (``"auto"``: the fastest overall; a backend name: the fastest
+    candidate within budget on that backend). Graphs other than fusion get the same backend and precision
+    without the fusion graph's options (the hint was measured on the fusion graph only)."""
+    section = recorded_choice(bundle)
+    if backend == AUTO:
+        entry = section
+    else:
+        passing = [c for c in section["candidates"] if c.get("backend") == backend and c.get("passed")]
+        if not passing:
+            measured = sorted({c.get("backend") for c in section["candidates"] if c.get("passed")})
+            raise BundleError(f"manifest.json {SECTION}", f"a candidate on backend {backend!r} within budget "
+                              f"(run `fusionrt tune BUNDLE --backends {backend}`)", f"candidates on {measured}")
+        entry = min(passing, key=lambda c: c["score_ms"])
+    options = dict(entry.get("options", {})) if graph == "fusion" else {}
+    return AutoChoice(backend=entry["backend"], precision=entry["precision"], options=options,
+                      ms=dict(entry.get("ms", {})), same_machine=same_machine(section.get("machine", {})))

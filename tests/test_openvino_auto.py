@@ -1,0 +1,111 @@
+"""``fusionrt tune`` and ``precision="auto"``: candidates measured against their budgets, timed, the fastest
+recorded in the manifest, and Session / Answerer running what was recorded.
+
+The shipped model's fp32 bundle on onnxruntime and OpenVINO, 20 held-out scenes (speed of the test,
+not of the choice: timings on a shared 2-core machine decide nothing here, only the bookkeeping does).
+"""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from fusionrt.calibration import choose
+from fusionrt.calibration.budget import Budget
+from fusionrt.cli import main
+from fusionrt.data.world import generate_scene, render
+from fusionrt.export import export_checkpoint
+from fusionrt.parity import fusion_feed
+from fusionrt.runtime import Bundle, BundleError, Session
+from fusionrt.runtime.auto import machine_fingerprint
+
+pytest.importorskip("openvino")
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    """The shipped model's bundle after `fusionrt tune` recorded its choice; the CLI's JSON."""
+    root = tmp_path_factory.mktemp("auto")
+    bundle = export_checkpoint(None, root / "bundle")
+    status = main(["tune", str(bundle), "--heldout-scenes", "20", "--batches", "1,4", "--threads", "2",
+                   "--json", str(root / "tune.json"), "-q"])
+    assert status == 0
+    return bundle, json.loads((root / "tune.json").read_text())
+
+
+def test_choice_is_the_fastest_candidate_within_budget_and_recorded(tuned):
+    bundle, result = tuned
+    section = Bundle.open(bundle).manifest["auto"]  # hashes verified: the manifest was rewritten properly
+    assert section == result
+    by_label = {(c["backend"], c["precision"], c["options"].get("hint")): c for c in section["candidates"]}
+    assert set(by_label) == {("onnxruntime", "fp32", None), ("openvino", "fp32", "f32"),
+                             ("openvino", "fp32", "bf16")}
+    timed = [c for c in section["candidates"] if c["passed"]]
+    assert len(timed) >= 2
+    for c in timed:
+        assert set(c["ms"]) == {"1", "4"} and all(v > 0 for v in c["ms"].values())
+        assert c["score_ms"] == pytest.approx(float(np.sqrt(c["ms"]["1"] * c["ms"]["4"])), rel=1e-3)
+        assert c["heldout"]["agreement"] >= 0.999 and c["heldout"]["questions"] > 100
+    best = min(timed, key=lambda c: c["score_ms"])
+    assert (section["backend"], section["precision"], section["options"]) == \
+        (best["backend"], best["precision"], best["options"])
+    assert section["machine"] == machine_fingerprint()
+
+
+def test_bf16_hint_is_timed_only_where_the_cpu_runs_it(tuned):
+    _, section = tuned
+    bf16 = next(c for c in section["candidates"] if c["options"].get("hint") == "bf16")
+    ran_bf16 = bf16["ran"]["inference_precision"] == "bf16"
+    assert bool(bf16["ms"]) == ran_bf16
+    if not ran_bf16:
+        assert "bf16 hint not taken" in bf16["note"] and not bf16["passed"]
+
+
+def test_session_and_answerer_run_the_recorded_choice(tuned):
+    from fusionrt.app import Answerer
+
+    bundle, section = tuned
+    session = Session(bundle, "auto", precision="auto")
+    assert (session.backend, session.precision) == (section["backend"], section["precision"])
+    assert session.describe()["auto"] == {"ms": section["ms"], "same_machine": True}
+    on_openvino = Session(bundle, "openvino", precision="auto")
+    assert on_openvino.backend == "openvino" and on_openvino.runner.hint == "f32"
+    feed = fusion_feed(session.runner.graph, 2, 6, 3, np.random.default_rng(0))
+    np.testing.assert_allclose(session.run(feed)["logits"], Session(bundle).run(feed)["logits"], atol=1e-4)
+    answerer = Answerer(str(bundle), backend="auto", precision="auto")
+    assert answerer.pipeline.fusion.backend == section["backend"]
+    assert answerer.ask(render(generate_scene(11)), "How many objects are there?")[0] in answerer.pipeline.answers
+
+
+def test_a_candidate_over_its_budget_is_never_chosen(tuned, monkeypatch, tmp_path):
+    bundle, _ = tuned
+    strict = Budget(max_drop_points=0.0, min_agreement=1.01)  # no path can pass on openvino
+    real = choose.budget_for
+    monkeypatch.setattr(choose, "budget_for", lambda p, o: strict if "hint" in o else real(p, o))
+    copy = shutil.copytree(bundle, tmp_path / "copy")
+    section = choose.choose_path(copy, heldout_scenes=20, batches=(1,), blocks=2)
+    assert (section["backend"], section["precision"]) == ("onnxruntime", "fp32")
+    dropped = [c for c in section["candidates"] if c["backend"] == "openvino" and c["heldout"]]
+    assert dropped and all(not c["passed"] and "agreement" in c["note"] and not c["ms"] for c in dropped)
+    with pytest.raises(BundleError, match="a candidate on backend 'openvino' within budget"):
+        Session(copy, "openvino", precision="auto")
+
+
+def test_auto_without_a_recorded_choice_says_how_to_make_one(tuned, tmp_path):
+    bundle, _ = tuned
+    copy = shutil.copytree(bundle, tmp_path / "copy")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["auto"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"manifest.json auto: expected a choice recorded by `fusionrt tune"):
+        Session(copy, precision="auto")
+
+
+def test_a_choice_from_another_machine_is_flagged(tuned, tmp_path):
+    from fusionrt.calibration.manifest import update_manifest
+
+    bundle, section = tuned
+    copy = shutil.copytree(bundle, tmp_path / "copy")
+    update_manifest(copy, sections={"auto": {**section, "machine": {**section["machine"], "cpu": "other"}}})
+    assert Session(copy, "auto", precision="auto").describe()["auto"]["same_machine"] is False
