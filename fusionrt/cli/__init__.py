@@ -11,6 +11,7 @@ from fusionrt.errors import FusionrtError
 COMMAND_MODULES = (
     "fusionrt.cli.render", "fusionrt.cli.ask", "fusionrt.cli.train", "fusionrt.cli.export", "fusionrt.cli.parity",
     "fusionrt.cli.doctor", "fusionrt.cli.calibrate", "fusionrt.cli.quantize", "fusionrt.cli.bench",
+    "fusionrt.cli.pipeline",
 )
 
 
