@@ -14,6 +14,9 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -109,6 +112,12 @@ class _Run:
         self.recorded: dict[str, Any] = {}
         self.keys: dict[str, str] = {}
         self._evaluator: Any = None
+        self.stage_dir = self.out / ".pipeline-stage"
+
+    def clean_staging(self) -> None:
+        """Remove staging dirs a killed run left behind (we hold the lock: no one else writes here)."""
+        for leftover in self.out.glob(".pipeline-stage*") if self.out.is_dir() else ():
+            shutil.rmtree(leftover, ignore_errors=True)
 
     # ---- bundle state -------------------------------------------------------------------------
     def check_target(self) -> None:
@@ -138,9 +147,12 @@ class _Run:
         self.recorded = bundle.manifest.get("pipeline", {}).get("stages", {})
 
     def record(self, name: str, seconds: float, summary: dict[str, Any], files: Sequence[str] = ()) -> None:
-        """Register ``files`` and mark stage ``name`` finished with its key, in one manifest rewrite."""
+        """Move ``files`` from the stage's staging dir into the bundle, register them and mark stage ``name``
+        finished with its key, in one manifest rewrite."""
         from fusionrt.calibration.manifest import update_manifest
 
+        for file in files:
+            os.replace(self.stage_dir / file, self.out / file)
         manifest = json.loads((self.out / MANIFEST).read_text())
         section = manifest.get("pipeline") or {}
         stages = section.get("stages", {})
@@ -199,17 +211,28 @@ class _Run:
             self.log(f"{label}: reused (inputs unchanged, key {self.keys[name][:12]})")
         else:
             self.log(f"{label}: running")
-            with self.progress.phase(f"{name}", total=None):
-                summary, files = run()
-            status = "ran"
+            # A stage writes its own files here; they move into the bundle only once its gates passed.
+            self.stage_dir = Path(tempfile.mkdtemp(prefix=".pipeline-stage-", dir=self.out)) \
+                if self.out.is_dir() else self.out / ".pipeline-stage"
+            try:
+                with self.progress.phase(f"{name}", total=None):
+                    summary, files = run()
+                status = "ran"
+            except BaseException:
+                shutil.rmtree(self.stage_dir, ignore_errors=True)
+                raise
         seconds = time.perf_counter() - started
         checked = gates(summary)
         for gate in checked:
             gate.seconds = gate.seconds or (seconds if status == "ran" else 0.0)
         self.result.gates.extend(checked)
         failed = next((g for g in checked if g.status == "failed"), None)
-        if status == "ran" and failed is None:
-            self.record(name, seconds, summary, files)
+        if status == "ran":
+            try:
+                if failed is None:
+                    self.record(name, seconds, summary, files)
+            finally:
+                shutil.rmtree(self.stage_dir, ignore_errors=True)
         self.result.stages.append(StageRecord(name, status, round(seconds, 2), self.keys[name],
                                               summary.get("note", "") if isinstance(summary, dict) else ""))
         self.log(f"{label}: {status} in {seconds:.1f} s" + (f"; gate {failed.name!r} FAILED" if failed else ""))
@@ -304,11 +327,11 @@ def _parity(run: _Run) -> tuple[dict[str, Any], list[str]]:
                 "failures": report.failures[:20], "tolerance": data["tolerance"],
                 "seconds": round(time.perf_counter() - started, 2),
                 "table": report.table()})
-    atomic_write_json(run.out / PARITY_FILE, reports)
+    atomic_write_json(run.stage_dir / PARITY_FILE, reports)
     run.note("accuracy per question kind")
     accuracy = accuracy_by_kind(bundle, run.graphs(), run.config.parity_scenes, run.config.backends[0],
                                 run.config.torch_options)
-    atomic_write_json(run.out / ACCURACY_FILE, accuracy)
+    atomic_write_json(run.stage_dir / ACCURACY_FILE, accuracy)
     return summary, [PARITY_FILE, ACCURACY_FILE]
 
 
@@ -325,7 +348,7 @@ def _bench(run: _Run) -> tuple[dict[str, Any], list[str]]:
     config = BenchConfig(backends=run.config.backends, precisions=run.graphs(), runs=run.config.bench_runs,
                          threads=run.config.threads, concurrency=2, torch_options=run.config.torch_options)
     report = run_bench(run.out, config)
-    atomic_write_json(run.out / BENCH_FILE, json_safe(report))
+    atomic_write_json(run.stage_dir / BENCH_FILE, json_safe(report))
     best = {}
     for row in report["rows"]:
         if row["speedup_vs_torch"] is not None and row["backend"] != "torch":
@@ -338,7 +361,7 @@ def _bench(run: _Run) -> tuple[dict[str, Any], list[str]]:
 def _report(run: _Run) -> tuple[dict[str, Any], list[str]]:
     from fusionrt.report import write_report
 
-    files = write_report(run.out, run.result)
+    files = write_report(run.out, run.result, out_dir=run.stage_dir)
     return {"files": files}, files
 
 
@@ -400,6 +423,7 @@ def run_pipeline(config: PipelineConfig, progress: Progress = SILENT,
     run = _Run(config, progress, log or (lambda text: None))
     with bundle_lock(run.out):
         run.check_target()
+        run.clean_staging()
         try:
             _run_stages(run)
         except GateFailed as exc:

@@ -63,7 +63,7 @@ def _grouped_bars(ax: Any, shapes: list[tuple[int, ...]], series: dict[str, dict
         xs = np.arange(len(shapes)) + (i - (len(series) - 1) / 2) * width
         heights = [values.get(s, 0.0) for s in shapes]
         bars = ax.bar(xs, heights, width, label=label)
-        ax.bar_label(bars, [f"{h:.2f}" if h < 10 else f"{h:.0f}" for h in heights], fontsize=7, padding=1)
+        ax.bar_label(bars, [f"{h:.3g}" for h in heights], fontsize=7, padding=1)
     ax.set_xticks(range(len(shapes)), ["/".join(map(str, s)) for s in shapes])
     ax.set_xlabel("shape B/T/M")
 
@@ -139,7 +139,7 @@ def accuracy_by_kind(accuracy: dict[str, Any], path: Path) -> str:
     ax.set_ylabel("held-out accuracy (%)")
     ax.set_title(f"Accuracy per precision and question kind ({accuracy['questions']} held-out questions, "
                  "count per kind in brackets)", fontsize=10)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)

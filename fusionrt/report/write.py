@@ -124,10 +124,13 @@ def _markdown(data: dict[str, Any], pngs: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(bundle_dir: str | Path, result: Any = None) -> list[str]:
-    """Write report.md, report.json and the plots into the bundle; return the file names written."""
-    bundle_dir = Path(bundle_dir)
+def write_report(bundle_dir: str | Path, result: Any = None, out_dir: str | Path | None = None) -> list[str]:
+    """Write report.md, report.json and the plots into ``out_dir`` (default: the bundle); return their names.
+
+    ``result``: the pipeline's :class:`fusionrt.pipeline.PipelineResult` (gates and stages of this run).
+    """
     data = collect(bundle_dir, result)
+    bundle_dir = Path(out_dir) if out_dir is not None else Path(bundle_dir)
     pngs: dict[str, str] = {}
     if data.get("accuracy"):
         pngs["accuracy"] = plots.accuracy_by_kind(data["accuracy"], bundle_dir / "report-accuracy.png")
