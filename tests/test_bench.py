@@ -153,3 +153,10 @@ def test_cli_bench_json(bundle, tmp_path, capsys, monkeypatch):
     assert [r["backend"] for r in report["rows"]] == ["onnxruntime"]
     assert "torch fp32" in report["skipped"]
     assert "skipped torch fp32" in capsys.readouterr().out
+
+
+def test_sweep_grows_each_dim_from_the_given_shapes():
+    shapes = BenchConfig(shapes=[(8, 32, 16)], sweep=True).all_shapes()
+    assert shapes[0] == (8, 32, 16) and len(shapes) == len(set(shapes))
+    assert [s[1] for s in shapes if s[0] == 1 and s[2] == 8] == [4, 8, 16, 32]
+    assert [s[0] for s in shapes if s[1:] == (16, 8)] == [1, 2, 4, 8, 16, 32]

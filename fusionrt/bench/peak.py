@@ -9,13 +9,13 @@ INT8, timed in the same run as the graphs so both see the same machine load.
 from __future__ import annotations
 
 import os
-import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from fusionrt.bench.timing import median_ms
 
 FMA_PIPES_PER_CORE = 2  # Zen 2-4, Skylake-SP and later: two 256/512-bit FMA pipes (assumption, not detectable)
 
@@ -123,10 +123,4 @@ def measured_gemm_rate(dtype: str = "float32", size: int = 1024, runs: int = 10,
     else:
         feed = {"a": rng.integers(0, 255, (size, size), dtype=np.uint8),
                 "b": rng.integers(-127, 127, (size, size), dtype=np.int8)}
-    session.run(None, feed)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - start)
-    return 2.0 * size**3 / statistics.median(times)
+    return 2.0 * size**3 / (median_ms(lambda: session.run(None, feed), runs) / 1e3)

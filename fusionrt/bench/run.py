@@ -48,10 +48,8 @@ class BenchConfig:
     torch_options: dict[str, Any] = field(default_factory=dict)
 
     def all_shapes(self) -> list[tuple[int, int, int]]:
-        shapes = list(dict.fromkeys(tuple(s) for s in self.shapes))
-        if self.sweep:
-            shapes += [s for s in SWEEP_SHAPES if s not in shapes]
-        return shapes
+        shapes = [tuple(s) for s in self.shapes] + (list(SWEEP_SHAPES) if self.sweep else [])
+        return list(dict.fromkeys(shapes))  # type: ignore[arg-type]
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:

@@ -6,6 +6,7 @@ quantization budgets, stage records), parity.json, accuracy.json and bench.json.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,8 @@ def _markdown(data: dict[str, Any], pngs: dict[str, str]) -> str:
                   "| gate | status | detail |", "|---|---|---|"]
         lines += [f"| {g['name']} | {g['status']} | {g['message'][:160]} |" for g in data["gates"]]
         lines.append("")
+    if data.get("plots"):
+        lines += [f"Plots {data['plots']}.", ""]
     if data["this_run"]:
         lines += ["## Stages (this run)", "", "| stage | status | seconds | note |", "|---|---|---|---|"]
         lines += [f"| {s['name']} | {s['status']} | {s['seconds']:.1f} | {s['note']} |" for s in data["this_run"]]
@@ -132,11 +135,13 @@ def write_report(bundle_dir: str | Path, result: Any = None, out_dir: str | Path
     data = collect(bundle_dir, result)
     bundle_dir = Path(out_dir) if out_dir is not None else Path(bundle_dir)
     pngs: dict[str, str] = {}
-    if data.get("accuracy"):
+    if importlib.util.find_spec("matplotlib") is None:
+        data["plots"] = "not drawn: matplotlib is not installed (pip install 'fusionrt[plots]')"
+    elif data.get("accuracy"):
         pngs["accuracy"] = plots.accuracy_by_kind(data["accuracy"], bundle_dir / "report-accuracy.png")
         if data["accuracy"]["errors"]:
             pngs["errors"] = plots.error_distribution(data["accuracy"]["errors"], bundle_dir / "report-errors.png")
-    if data.get("bench"):
+    if data.get("bench") and "plots" not in data:
         rows = data["bench"]["rows"]
         pngs["latency"] = plots.latency_vs_shape(rows, bundle_dir / "report-latency.png")
         if any(r["speedup_vs_torch"] for r in rows):
