@@ -66,6 +66,12 @@ def _grouped_bars(ax: Any, shapes: list[tuple[int, ...]], series: dict[str, dict
         ax.bar_label(bars, [f"{h:.3g}" for h in heights], fontsize=7, padding=1)
     ax.set_xticks(range(len(shapes)), ["/".join(map(str, s)) for s in shapes])
     ax.set_xlabel("shape B/T/M")
+    top = max((v for values in series.values() for v in values.values()), default=1.0)
+    ax.set_ylim(0, top * 1.12)  # room for the value labels
+
+
+def _legend_outside(ax: Any) -> None:
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
 
 def speedup(rows: list[dict[str, Any]], path: Path) -> str:
@@ -75,12 +81,12 @@ def speedup(rows: list[dict[str, Any]], path: Path) -> str:
     series: dict[str, dict[tuple[int, ...], float]] = {}
     for r in rows:
         series.setdefault(_label(r), {})[tuple(r["shape"])] = r["speedup_vs_torch"]
-    fig, ax = plt.subplots(figsize=(9, 4.8))
+    fig, ax = plt.subplots(figsize=(10, 4.8))
     _grouped_bars(ax, shapes, series)
     ax.axhline(1.0, color="black", linewidth=1, linestyle="--", label="PyTorch eager fp32")
     ax.set_ylabel("speed-up over PyTorch eager fp32 (p50)")
     ax.set_title("Speed-up over PyTorch eager fp32, measured in the same run")
-    ax.legend(fontsize=8)
+    _legend_outside(ax)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -92,14 +98,15 @@ def peak_fraction(rows: list[dict[str, Any]], peaks: dict[str, Any], path: Path)
     series: dict[str, dict[tuple[int, ...], float]] = {}
     for r in rows:
         series.setdefault(_label(r), {})[tuple(r["shape"])] = 100 * r["fraction_of_measured_peak"]
-    fig, ax = plt.subplots(figsize=(9, 4.8))
+    fig, ax = plt.subplots(figsize=(10, 4.8))
     _grouped_bars(ax, shapes, series)
     ax.axhline(100, color="black", linewidth=1, linestyle="--")
     ax.set_ylabel("achieved FLOP/s, % of large-GEMM rate")
     ax.set_title(f"Fraction of peak (fp32 GEMM {peaks['measured_fp32_flops'] / 1e9:.0f} GFLOP/s, int8 GEMM "
                  f"{peaks['measured_int8_ops'] / 1e9:.0f} GOP/s measured; paper fp32 "
                  f"{peaks['paper']['fp32_flops'] / 1e9:.0f})", fontsize=9)
-    ax.legend(fontsize=8)
+    ax.set_ylim(0, max(105.0, ax.get_ylim()[1]))  # fractions over 100% stay visible
+    _legend_outside(ax)
     fig.tight_layout()
     return _save(fig, path)
 
