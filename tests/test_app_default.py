@@ -82,7 +82,10 @@ def test_cli_ask_without_a_model_never_imports_torch(tmp_path):
 def test_default_bundle_agrees_with_the_pytorch_checkpoint(answerer):
     from fusionrt.model import SHIPPED_CHECKPOINT
 
-    torch_answerer = Answerer(SHIPPED_CHECKPOINT)
+    from fusionrt.app import TorchPipeline
+
+    torch_answerer = Answerer(SHIPPED_CHECKPOINT)  # a checkpoint directory selects the PyTorch original
+    assert isinstance(torch_answerer.pipeline, TorchPipeline)
     for image, questions in _scenes(5):
         for q in questions[:4]:
             ours, ref = answerer.probabilities(image, q.text), torch_answerer.probabilities(image, q.text)
