@@ -80,9 +80,8 @@ def test_cli_ask_without_a_model_never_imports_torch(tmp_path):
 
 
 def test_default_bundle_agrees_with_the_pytorch_checkpoint(answerer):
-    from fusionrt.model import SHIPPED_CHECKPOINT
-
     from fusionrt.app import TorchPipeline
+    from fusionrt.model import SHIPPED_CHECKPOINT
 
     torch_answerer = Answerer(SHIPPED_CHECKPOINT)  # a checkpoint directory selects the PyTorch original
     assert isinstance(torch_answerer.pipeline, TorchPipeline)
