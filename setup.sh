@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Set up a fresh machine (virtualenv + fusionrt with its CPU extras), then run the main job on
-# the shipped defaults: render a scene and answer a question about it with the shipped model.
+# Set up a fresh machine (virtualenv + fusionrt with its CPU extras, and a torch-free serving venv for
+# Triton), then run the main job on the shipped model: `fusionrt pipeline` exports, verifies, quantizes
+# (fp16, int8), checks parity against PyTorch, benchmarks and writes runs/bundle/report.md. A rerun
+# reuses every finished stage.
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON="${PYTHON:-python3}"
@@ -16,7 +18,6 @@ if [ ! -x .venv-serve/bin/python ]; then
 fi
 # Only the wheel's server binary is used (not the PyTriton API), so its Python dependencies are skipped:
 # measured 1m49s instead of 3m02s for a fresh .venv-serve on a loaded 2-core machine. numpy<2 is the wheel's pin.
-.venv-serve/bin/python -m pip install --quiet -c constraints.txt "numpy<2" "onnxruntime>=1.18" -e .
+.venv-serve/bin/python -m pip install --quiet -c constraints.txt "numpy<2" "onnxruntime>=1.27" -e .
 .venv-serve/bin/python -m pip install --quiet --no-deps "nvidia-pytriton>=0.7"
-.venv/bin/fusionrt render --seed 7 scene.png
-.venv/bin/fusionrt ask scene.png "How many objects are there?" --top 3
+.venv/bin/fusionrt pipeline --out runs/bundle --junit runs/pipeline-junit.xml

@@ -1,8 +1,14 @@
-"""Answer questions about scene images: ``Answerer(...).ask(image, question) -> (answer, probability)``."""
+"""Answer questions about scene images: ``Answerer(...).ask(image, question) -> (answer, probability)``.
+
+By default the shipped model runs through its exported bundle (``fusionrt/assets/small-bundle``) on ONNX
+Runtime, without importing torch; a checkpoint directory selects the PyTorch original explicitly.
+``ask_many`` answers many (image, question) pairs in batched calls.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -11,7 +17,14 @@ import numpy as np
 from fusionrt.data.detector import detect_regions
 from fusionrt.data.images import load_image
 from fusionrt.data.tokenizer import QuestionEncoder
-from fusionrt.errors import NoObjectsError
+from fusionrt.errors import InputError, NoObjectsError
+
+# The shipped checkpoint exported, verified and packaged (scripts/make_small_bundle.py writes it): the
+# default model of the Answerer. Its manifest records the sha256 of every checkpoint file it came from.
+SHIPPED_BUNDLE = Path(__file__).resolve().parent / "assets" / "small-bundle"
+# Largest fusion batch ask_many sends in one call (the exported graphs allow up to 64).
+MAX_BATCH = 64
+Image = str | Path | np.ndarray
 
 
 class AnswerPipeline(Protocol):
@@ -93,11 +106,12 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class Answerer:
-    """Visual question answering on one image at a time.
+    """Visual question answering: ``ask`` one question, ``ask_many`` a batch of (image, question) pairs.
 
-    ``model_or_bundle``: a bundle directory (one holding ``manifest.json``, written by
-    ``fusionrt export``), a checkpoint directory (default: the shipped ``small`` model) or a loaded
-    :class:`fusionrt.model.Checkpoint`. A bundle runs on ``backend`` (``"onnxruntime"`` by default,
+    ``model_or_bundle``: ``None`` (default) for the shipped model through its packaged bundle on ONNX
+    Runtime (no torch import), a bundle directory (one holding ``manifest.json``, written by
+    ``fusionrt export``), a checkpoint directory or a loaded :class:`fusionrt.model.Checkpoint`
+    (both run the PyTorch original). A bundle runs on ``backend`` (``"onnxruntime"`` by default,
     which does not import torch) at ``precision`` (``"fp32"``, or ``"fp16"`` / ``"int8"`` / ``"int8-cpu"``
     once ``fusionrt quantize`` added them); a checkpoint runs on PyTorch at fp32.
     """
@@ -106,15 +120,11 @@ class Answerer:
         from fusionrt.runtime.bundle import is_bundle
 
         if model_or_bundle is None:
-            from fusionrt.model.checkpoint import SHIPPED_CHECKPOINT
-
-            model_or_bundle = SHIPPED_CHECKPOINT
+            model_or_bundle = SHIPPED_BUNDLE
         if isinstance(model_or_bundle, str | Path) and is_bundle(model_or_bundle):
             self.pipeline: AnswerPipeline = BundlePipeline(model_or_bundle, backend, precision)
         else:
             if precision != "fp32":
-                from fusionrt.errors import InputError
-
                 raise InputError("precision", "fp32 for a checkpoint (other precisions need a bundle)",
                                  repr(precision))
             checkpoint = Path(model_or_bundle) if isinstance(model_or_bundle, str) else model_or_bundle
@@ -139,3 +149,74 @@ class Answerer:
         probs = self.probabilities(image, question)
         answer = max(probs, key=probs.__getitem__)
         return answer, probs[answer]
+
+    def probabilities_many(self, pairs: Sequence[tuple[Image, str]],
+                           batch_size: int = MAX_BATCH) -> list[dict[str, float]]:
+        """Probability of every answer for each (image, question) pair, in order.
+
+        Each distinct image (the same path, or the same array object) is detected and its regions
+        encoded once, all images in one region-encoder call; questions then go to the fusion graph in
+        batches of ``batch_size`` pairs, text and regions padded to the longest in the batch.
+        """
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or not 1 <= batch_size <= MAX_BATCH:
+            raise InputError("batch_size", f"an integer in [1, {MAX_BATCH}]", repr(batch_size))
+        pairs = list(pairs)
+        if not pairs:
+            return []
+        slots: dict[Any, int] = {}
+        image_of_pair = []
+        images = []
+        for image, _ in pairs:
+            key = str(Path(image).resolve()) if isinstance(image, str | Path) else id(image)
+            if key not in slots:
+                slots[key] = len(images)
+                images.append(image)
+            image_of_pair.append(slots[key])
+        feats, counts = self._encode_images(images)
+        encoded = [self.pipeline.questions.encode(question) for _, question in pairs]
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        out: list[dict[str, float]] = []
+        for start in range(0, len(pairs), batch_size):
+            rows = range(start, min(start + batch_size, len(pairs)))
+            text_len = max(len(encoded[r]) for r in rows)
+            visual_len = max(counts[image_of_pair[r]] for r in rows)
+            input_ids = np.zeros((len(rows), text_len), dtype=np.int64)  # [PAD] is id 0
+            text_mask = np.zeros((len(rows), text_len), dtype=bool)
+            visual = np.zeros((len(rows), visual_len, feats.shape[1]), dtype=np.float32)
+            visual_mask = np.zeros((len(rows), visual_len), dtype=bool)
+            for i, r in enumerate(rows):
+                ids, image = encoded[r], image_of_pair[r]
+                input_ids[i, :len(ids)] = ids
+                text_mask[i, :len(ids)] = True
+                visual[i, :counts[image]] = feats[offsets[image]:offsets[image + 1]]
+                visual_mask[i, :counts[image]] = True
+            probs = _softmax(self.pipeline.fuse(input_ids, text_mask, visual, visual_mask).astype(np.float64))
+            out.extend(dict(zip(self.pipeline.answers, row.tolist(), strict=True)) for row in probs)
+        return out
+
+    def ask_many(self, pairs: Sequence[tuple[Image, str]], batch_size: int = MAX_BATCH) -> list[tuple[str, float]]:
+        """The most probable answer and its probability for each (image, question) pair, batched
+        (see :meth:`probabilities_many`)."""
+        answers = []
+        for probs in self.probabilities_many(pairs, batch_size):
+            answer = max(probs, key=probs.__getitem__)
+            answers.append((answer, probs[answer]))
+        return answers
+
+    def _encode_images(self, images: list[Image]) -> tuple[np.ndarray, list[int]]:
+        """Region features of every image, concatenated (one region-encoder call), and the count per image."""
+        crops, geometry, counts = [], [], []
+        for index, image in enumerate(images):
+            regions = detect_regions(load_image(image), max_regions=self.pipeline.max_visual_len)
+            if len(regions) == 0:
+                name = str(image) if isinstance(image, str | Path) else f"image array #{index}"
+                raise NoObjectsError(name, "at least one object on the background", "no object detected")
+            crops.append(regions.crops_float())
+            geometry.append(regions.geometry)
+            counts.append(len(regions))
+        # One call per MAX_BATCH images: the region encoder accepts up to MAX_BATCH x max_visual_len crops.
+        feats = np.concatenate([
+            self.pipeline.encode_regions(np.concatenate(crops[a:a + MAX_BATCH]),
+                                         np.concatenate(geometry[a:a + MAX_BATCH]))
+            for a in range(0, len(images), MAX_BATCH)])
+        return feats, counts

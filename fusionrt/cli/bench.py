@@ -1,0 +1,44 @@
+"""``fusionrt bench BUNDLE``: latency p50/p90/p99 and throughput per backend x precision x shape, PyTorch
+eager fp32 measured in the same run as the baseline, achieved fraction of the CPU's peak."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from fusionrt.runtime.session import BACKENDS
+
+    parser = subparsers.add_parser("bench", help="latency test run of a bundle (ratios against PyTorch eager)")
+    parser.add_argument("bundle", help="bundle directory")
+    parser.add_argument("--backends", nargs="+", default=["onnxruntime"], choices=sorted(BACKENDS),
+                        help="backends to time (PyTorch eager fp32 is always timed as the baseline)")
+    parser.add_argument("--precisions", nargs="+", default=None,
+                        help="precisions to time (default: every precision the bundle lists)")
+    parser.add_argument("--shapes", nargs="+", default=None, metavar="B,T,M",
+                        help="shapes to time (default 1,16,8 and 8,32,16)")
+    parser.add_argument("--sweep", action="store_true", help="also grow T, M and B one at a time")
+    parser.add_argument("--runs", type=int, default=50, help="timed calls per engine and shape (default 50)")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the backend's)")
+    parser.add_argument("--concurrency", type=int, default=0, metavar="N",
+                        help="also measure throughput with N caller threads on one Session")
+    parser.add_argument("--no-app", action="store_true", help="skip the end-to-end app latency split")
+    parser.add_argument("--json", default=None, metavar="OUT", help="also write the full report as JSON to OUT")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fusionrt.bench import DEFAULT_SHAPES, BenchConfig, format_table, parse_shape, run_bench
+    from fusionrt.io import atomic_write_json
+    from fusionrt.parity.report import json_safe
+    from fusionrt.progress import progress_for
+
+    shapes = [parse_shape(s) for s in args.shapes] if args.shapes else list(DEFAULT_SHAPES)
+    config = BenchConfig(backends=args.backends, precisions=args.precisions, shapes=shapes, sweep=args.sweep,
+                         runs=args.runs, threads=args.threads, concurrency=args.concurrency, app=not args.no_app)
+    report = run_bench(args.bundle, config, progress_for(args.quiet))
+    print(format_table(report))
+    if args.json:
+        atomic_write_json(args.json, json_safe(report))
+        print(f"wrote {args.json}")
+    return 0

@@ -1,0 +1,70 @@
+"""``fusionrt pipeline --out BUNDLE``: export, calibrate, fp16/int8, engines, parity, bench, report.
+
+Exit status 0 when every gate passed, 1 when a gate failed (named on stderr and in --junit), 2 for
+errors (bad options, a bundle of another checkpoint without --force, a locked bundle, a write error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+EXIT_GATE_FAILED = 1
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("pipeline", help="the main job: checkpoint -> verified, benchmarked bundle + report")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the shipped model)")
+    parser.add_argument("--out", required=True, help="bundle directory to create or update")
+    parser.add_argument("--precisions", default="fp32,fp16,int8", help="comma-separated (default fp32,fp16,int8)")
+    parser.add_argument("--calib-method", default="minmax", help="int8 calibration: minmax, percentile or entropy")
+    parser.add_argument("--calib-samples", type=int, default=256, help="calibration samples (default 256)")
+    parser.add_argument("--backends", default="onnxruntime", help="comma-separated candidate backends")
+    parser.add_argument("--heldout-scenes", type=int, default=500,
+                        help="held-out scenes for the fp16/int8 accuracy budgets (default 500)")
+    parser.add_argument("--parity-scenes", type=int, default=100,
+                        help="held-out scenes for parity and per-kind accuracy (default 100)")
+    parser.add_argument("--bench-runs", type=int, default=20, help="timed calls per engine and shape (default 20)")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads for the benchmark")
+    parser.add_argument("--skip-bench", action="store_true", help="no benchmark stage")
+    parser.add_argument("--junit", default=None, metavar="FILE", help="write one JUnit test case per gate")
+    parser.add_argument("--force", action="store_true", help="replace a bundle of another checkpoint at --out")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fusionrt.pipeline import GateFailed, PipelineConfig, run_pipeline, write_junit
+    from fusionrt.progress import progress_for
+
+    def log(text: str) -> None:
+        if not args.quiet:
+            print(text, file=sys.stderr, flush=True)
+
+    config = PipelineConfig(
+        out=Path(args.out), checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+        precisions=tuple(p.strip() for p in args.precisions.split(",") if p.strip()),
+        calib_method=args.calib_method, calib_samples=args.calib_samples,
+        backends=tuple(b.strip() for b in args.backends.split(",") if b.strip()), skip_bench=args.skip_bench,
+        force=args.force, heldout_scenes=args.heldout_scenes, parity_scenes=args.parity_scenes,
+        bench_runs=args.bench_runs, threads=args.threads)
+    started = time.perf_counter()
+    try:
+        result = run_pipeline(config, progress_for(args.quiet), log)
+    except GateFailed as exc:
+        result = exc.result  # type: ignore[attr-defined]
+        if args.junit:
+            write_junit(args.junit, result.gates)
+        print(f"fusionrt pipeline: gate failed: {exc.gate.name}: {exc.gate.message}", file=sys.stderr)
+        if exc.gate.details:
+            print(exc.gate.details, file=sys.stderr)
+        return EXIT_GATE_FAILED
+    if args.junit:
+        write_junit(args.junit, result.gates)
+    total = time.perf_counter() - started
+    for gate in result.gates:
+        print(f"{gate.status:<8} {gate.name}: {gate.message[:150]}")
+    print(f"pipeline finished in {total:.1f} s: {result.bundle}/report.md")
+    return 0

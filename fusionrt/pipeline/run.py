@@ -1,0 +1,438 @@
+"""``run_pipeline``: checkpoint -> verified, quantized, parity-checked, benchmarked bundle with a report.
+
+Stages run in order: export (+ verification), calibrate, fp16, int8, engines, parity, bench, report.
+Each finished stage is recorded in the bundle's manifest (``pipeline.stages.NAME``) with a key: the
+sha256 of what it depends on (checkpoint file hashes, upstream stage keys, graph file hashes and its
+options). A rerun reuses a stage whose key is unchanged, after the whole bundle passed hash
+verification; a changed checkpoint or option changes exactly the keys of the stages it affects. A
+stage is recorded only after its artifacts are written and registered, so a run killed mid-stage
+leaves that stage unrecorded and a rerun redoes it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fusionrt.errors import FusionrtError, InputError
+from fusionrt.io import atomic_write_json
+from fusionrt.pipeline import gates as gate_config
+from fusionrt.pipeline.engine import engine_unavailable_reason
+from fusionrt.pipeline.lock import bundle_lock
+from fusionrt.pipeline.result import Gate, PipelineResult, StageRecord
+from fusionrt.progress import SILENT, Progress
+from fusionrt.runtime.bundle import MANIFEST, Bundle, is_bundle
+
+STAGES = ("export", "calibrate", "fp16", "int8", "engines", "parity", "bench", "report")
+PRECISIONS = ("fp32", "fp16", "int8")
+# quantize_int8 writes both INT8 graphs: Q/DQ for TensorRT and U8S8 for ONNX Runtime on CPU
+GRAPHS_OF = {"fp32": ("fp32",), "fp16": ("fp16",), "int8": ("int8", "int8-cpu")}
+PARITY_FILE, ACCURACY_FILE, BENCH_FILE = "parity.json", "accuracy.json", "bench.json"
+
+
+class GateFailed(FusionrtError):
+    """A gate failed: the pipeline stops (exit status 1) and names it."""
+
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+        super().__init__(f"gate {gate.name!r} failed: {gate.message}")
+
+
+class PipelineWriteError(InputError):
+    """Writing into the bundle failed (permission, disk full): names the path; the previous state is intact."""
+
+
+@dataclass
+class PipelineConfig:
+    """Options of one pipeline run (see ``fusionrt pipeline --help``)."""
+
+    out: Path
+    checkpoint: Path | None = None
+    precisions: Sequence[str] = PRECISIONS
+    calib_method: str = "minmax"
+    calib_samples: int = 256
+    backends: Sequence[str] = ("onnxruntime",)
+    skip_bench: bool = False
+    force: bool = False
+    heldout_scenes: int = 500
+    parity_scenes: int = 100
+    bench_runs: int = 20
+    threads: int | None = None
+    torch_options: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        unknown = [p for p in self.precisions if p not in PRECISIONS]
+        if unknown or "fp32" not in self.precisions:
+            raise InputError("--precisions", f"fp32 plus any of {list(PRECISIONS[1:])}", ",".join(self.precisions))
+        from fusionrt.calibration import METHODS
+
+        if self.calib_method not in METHODS:
+            raise InputError("--calib-method", f"one of {list(METHODS)}", repr(self.calib_method))
+        from fusionrt.runtime.session import BACKENDS
+
+        bad = [b for b in self.backends if b not in BACKENDS or b == "torch"]
+        if bad or not self.backends:
+            raise InputError("--backends", f"one or more of {sorted(set(BACKENDS) - {'torch'})} (torch is the "
+                             "reference)", ",".join(self.backends))
+
+
+def _key(**parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+class _Run:
+    """State of one pipeline run: the bundle dir, recorded stages, results so far."""
+
+    def __init__(self, config: PipelineConfig, progress: Progress, log: Callable[[str], None]) -> None:
+        from fusionrt.export.source import checkpoint_files_sha256
+        from fusionrt.model import SHIPPED_CHECKPOINT
+
+        self.config = config
+        self.progress = progress
+        self.log = log
+        self.out = Path(config.out).resolve()
+        self.checkpoint = Path(config.checkpoint) if config.checkpoint is not None else SHIPPED_CHECKPOINT
+        if not self.checkpoint.is_dir():
+            raise InputError("--checkpoint", "a checkpoint directory", f"no directory at {self.checkpoint}")
+        self.checkpoint_files = checkpoint_files_sha256(self.checkpoint)
+        self.result = PipelineResult(str(self.out))
+        self.recorded: dict[str, Any] = {}
+        self.keys: dict[str, str] = {}
+        self._evaluator: Any = None
+        self.stage_dir = self.out / ".pipeline-stage"
+
+    def clean_staging(self) -> None:
+        """Remove staging dirs a killed run left behind (we hold the lock: no one else writes here)."""
+        for leftover in self.out.glob(".pipeline-stage*") if self.out.is_dir() else ():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+    # ---- bundle state -------------------------------------------------------------------------
+    def check_target(self) -> None:
+        """Refuse a bundle of another checkpoint (unless --force) and a directory of other files."""
+        if not self.out.exists():
+            return
+        if not is_bundle(self.out):
+            if self.out.is_dir() and not any(self.out.iterdir()):
+                return
+            raise InputError("--out", "a new path, an empty directory or a bundle of this checkpoint",
+                             f"{self.out}, which holds other files")
+        try:
+            manifest = json.loads((self.out / MANIFEST).read_text())
+        except (OSError, ValueError):
+            manifest = {}
+        recorded = manifest.get("source", {}).get("files") if isinstance(manifest, dict) else None
+        if recorded != self.checkpoint_files and not self.config.force:
+            source = manifest.get("source", {}).get("path", "an unknown source") if isinstance(manifest, dict) \
+                else "an unreadable manifest"
+            raise InputError("--out", f"a bundle exported from {self.checkpoint} (or pass --force to replace it)",
+                             f"{self.out}, a bundle of another checkpoint ({source})")
+        try:
+            bundle = Bundle.open(self.out)  # every file's size and sha256
+        except FusionrtError as exc:
+            self.log(f"bundle failed verification ({exc}); every stage is redone")
+            return
+        self.recorded = bundle.manifest.get("pipeline", {}).get("stages", {})
+
+    def record(self, name: str, seconds: float, summary: dict[str, Any], files: Sequence[str] = ()) -> None:
+        """Move ``files`` from the stage's staging dir into the bundle, register them and mark stage ``name``
+        finished with its key, in one manifest rewrite."""
+        from fusionrt.calibration.manifest import update_manifest
+
+        for file in files:
+            os.replace(self.stage_dir / file, self.out / file)
+        manifest = json.loads((self.out / MANIFEST).read_text())
+        section = manifest.get("pipeline") or {}
+        stages = section.get("stages", {})
+        stages[name] = {"key": self.keys[name], "seconds": round(seconds, 2), "finished_utc": _now(),
+                        "summary": summary}
+        section = {"checkpoint": {"path": str(self.checkpoint), "files": self.checkpoint_files}, "stages": stages}
+        update_manifest(self.out, files=list(files), sections={"pipeline": section})
+        self.recorded = stages
+
+    def reusable(self, name: str) -> dict[str, Any] | None:
+        entry = self.recorded.get(name)
+        return entry if entry and entry.get("key") == self.keys[name] else None
+
+    def bundle(self) -> Bundle:
+        return Bundle.open(self.out, verify=False)  # verified once at the start, then written only by us
+
+    def graph_hashes(self, precisions: Sequence[str]) -> dict[str, str]:
+        bundle = self.bundle()
+        files = bundle.manifest["files"]
+        out = {}
+        for graph, spec in bundle.graphs.items():
+            for precision in precisions:
+                if precision in spec.precisions:
+                    out[f"{graph}.{precision}"] = files[spec.precisions[precision]]["sha256"]
+        return out
+
+    def graphs(self) -> list[str]:
+        """Every requested graph precision the bundle holds now (int8 means int8 and int8-cpu)."""
+        present = self.bundle().graph("fusion").precisions
+        return [g for p in self.config.precisions for g in GRAPHS_OF[p] if g in present]
+
+    def evaluator(self) -> Any:
+        """Held-out batches and PyTorch reference logits, built once for fp16 and int8."""
+        if self._evaluator is None:
+            from fusionrt.calibration import HeldoutEvaluator
+            from fusionrt.runtime.session import Session
+
+            bundle = Bundle.open(self.out)
+            reference = Session(bundle, "torch", "fusion", "fp32", **self.config.torch_options)
+            self._evaluator = HeldoutEvaluator(bundle, self.config.heldout_scenes, progress=self.note,
+                                               reference=reference)
+        return self._evaluator
+
+    def note(self, text: str) -> None:
+        self.progress.note(f"  {text}")
+
+    # ---- stage driver -------------------------------------------------------------------------
+    def stage(self, index: int, name: str, run: Callable[[], tuple[dict[str, Any], list[str]]],
+              gates: Callable[[dict[str, Any]], list[Gate]] = lambda summary: []) -> None:
+        """Reuse stage ``name`` if its key is recorded, else run it; check its gates either way."""
+        label = f"[{index}/{len(STAGES)}] {name}"
+        reused = self.reusable(name)
+        started = time.perf_counter()
+        if reused is not None:
+            summary, status = reused["summary"], "reused"
+            self.log(f"{label}: reused (inputs unchanged, key {self.keys[name][:12]})")
+        else:
+            self.log(f"{label}: running")
+            # A stage writes its own files here; they move into the bundle only once its gates passed.
+            self.stage_dir = Path(tempfile.mkdtemp(prefix=".pipeline-stage-", dir=self.out)) \
+                if self.out.is_dir() else self.out / ".pipeline-stage"
+            try:
+                with self.progress.phase(f"{name}", total=None):
+                    summary, files = run()
+                status = "ran"
+            except BaseException:
+                shutil.rmtree(self.stage_dir, ignore_errors=True)
+                raise
+        seconds = time.perf_counter() - started
+        checked = gates(summary)
+        for gate in checked:
+            gate.seconds = gate.seconds or (seconds if status == "ran" else 0.0)
+        self.result.gates.extend(checked)
+        failed = next((g for g in checked if g.status == "failed"), None)
+        if status == "ran":
+            try:
+                if failed is None:
+                    self.record(name, seconds, summary, files)
+            finally:
+                shutil.rmtree(self.stage_dir, ignore_errors=True)
+        self.result.stages.append(StageRecord(name, status, round(seconds, 2), self.keys[name],
+                                              summary.get("note", "") if isinstance(summary, dict) else ""))
+        self.log(f"{label}: {status} in {seconds:.1f} s" + (f"; gate {failed.name!r} FAILED" if failed else ""))
+        if failed is not None:
+            raise GateFailed(failed)
+
+    def skip(self, index: int, name: str, reason: str) -> None:
+        self.result.stages.append(StageRecord(name, "skipped", 0.0, note=reason))
+        self.log(f"[{index}/{len(STAGES)}] {name}: skipped: {reason}")
+
+
+# ---- the stages ---------------------------------------------------------------------------------
+
+def _export(run: _Run) -> tuple[dict[str, Any], list[str]]:
+    from fusionrt.export import VerificationError, export_checkpoint
+
+    try:
+        export_checkpoint(run.checkpoint, run.out, progress=run.note)
+    except VerificationError as exc:
+        return {"verification": {"passed": False, "failures": exc.failures[:20]}}, []
+    verification = Bundle.open(run.out).manifest["verification"]
+    run.recorded = {}  # a fresh bundle: nothing downstream survives an export
+    return {"verification": {"passed": True, "graphs": verification["graphs"],
+                             "tolerance": verification["tolerance"]}}, []
+
+
+def _export_gates(summary: dict[str, Any]) -> list[Gate]:
+    v = summary["verification"]
+    if v["passed"]:
+        worst = "; ".join(f"{graph} " + ", ".join(f"{output} {m['max_abs']:.2g}" for output, m in d["worst"].items())
+                          for graph, d in v["graphs"].items())
+        return [Gate("export verification", "export", "passed",
+                     f"ONNX Runtime vs PyTorch on the shape grid, worst max abs error: {worst}")]
+    return [Gate("export verification", "export", "failed", "ONNX Runtime differs from PyTorch on the grid",
+                 "\n".join(v["failures"]))]
+
+
+def _calibrate(run: _Run) -> tuple[dict[str, Any], list[str]]:
+    from fusionrt.calibration import calibrate
+
+    record = calibrate(run.out, samples=run.config.calib_samples, progress=run.note)
+    return {"samples": record["samples"], "sha256": record["sha256"]}, []
+
+
+def _quantize(run: _Run, precision: str) -> tuple[dict[str, Any], list[str]]:
+    from fusionrt.calibration import BudgetExceededError, quantize_fp16, quantize_int8
+
+    try:
+        if precision == "fp16":
+            report = quantize_fp16(run.out, evaluator=run.evaluator(), progress=run.note)
+            return {"graphs": {"fp16": report["heldout"]}}, []
+        report = quantize_int8(run.out, method=run.config.calib_method, evaluator=run.evaluator(),
+                               progress=run.note)
+        return {"graphs": {p: g["heldout"] for p, g in report["graphs"].items()}}, []
+    except BudgetExceededError as exc:
+        graphs = exc.report.get("graphs") or {precision: exc.report.get("heldout", {})}
+        return {"graphs": {p: (g.get("heldout", g)) for p, g in graphs.items()}, "failed": str(exc)}, []
+
+
+def _accuracy_gates(stage: str) -> Callable[[dict[str, Any]], list[Gate]]:
+    def gates(summary: dict[str, Any]) -> list[Gate]:
+        out = []
+        for precision, heldout in summary["graphs"].items():
+            failures = heldout.get("failures", [])
+            message = (f"accuracy {100 * heldout.get('accuracy', 0):.2f}% vs fp32 PyTorch "
+                       f"{100 * heldout.get('reference_accuracy', 0):.2f}%, agreement "
+                       f"{100 * heldout.get('agreement', 0):.2f}% on {heldout.get('questions', '?')} questions")
+            out.append(Gate(f"accuracy budget {precision}", stage, "failed" if failures else "passed",
+                            "; ".join(failures) or message, message))
+        if summary.get("failed") and not any(g.status == "failed" for g in out):
+            out.append(Gate(f"accuracy budget {stage}", stage, "failed", summary["failed"]))
+        return out
+    return gates
+
+
+def _parity(run: _Run) -> tuple[dict[str, Any], list[str]]:
+    from fusionrt.parity import json_safe, run_parity
+    from fusionrt.pipeline.accuracy import accuracy_by_kind
+
+    bundle = Bundle.open(run.out, verify=False)
+    reports, summary = [], {"checks": []}
+    for backend in run.config.backends:
+        for precision in run.graphs():
+            tolerance = gate_config.parity_tolerance(precision, backend)
+            run.note(f"parity {precision} on {backend} vs fp32 PyTorch")
+            started = time.perf_counter()
+            report = run_parity(bundle, "torch", backend, candidate_precision=precision,
+                                scenes=run.config.parity_scenes, tolerance=tolerance,
+                                reference_options=run.config.torch_options)
+            data = json_safe(report.to_dict())
+            reports.append(data)
+            summary["checks"].append({
+                "precision": precision, "backend": backend, "passed": report.passed,
+                "failures": report.failures[:20], "tolerance": data["tolerance"],
+                "seconds": round(time.perf_counter() - started, 2),
+                "table": report.table()})
+    atomic_write_json(run.stage_dir / PARITY_FILE, reports)
+    run.note("accuracy per question kind")
+    accuracy = accuracy_by_kind(bundle, run.graphs(), run.config.parity_scenes, run.config.backends[0],
+                                run.config.torch_options)
+    atomic_write_json(run.stage_dir / ACCURACY_FILE, accuracy)
+    return summary, [PARITY_FILE, ACCURACY_FILE]
+
+
+def _parity_gates(summary: dict[str, Any]) -> list[Gate]:
+    return [Gate(f"parity {c['precision']} {c['backend']}", "parity", "passed" if c["passed"] else "failed",
+                 "; ".join(c["failures"][:3]) or "within tolerance " + json.dumps(c["tolerance"]), c["table"],
+                 c["seconds"]) for c in summary["checks"]]
+
+
+def _bench(run: _Run) -> tuple[dict[str, Any], list[str]]:
+    from fusionrt.bench import BenchConfig, run_bench
+    from fusionrt.parity import json_safe
+
+    config = BenchConfig(backends=run.config.backends, precisions=run.graphs(), runs=run.config.bench_runs,
+                         threads=run.config.threads, concurrency=2, torch_options=run.config.torch_options)
+    report = run_bench(run.out, config)
+    atomic_write_json(run.stage_dir / BENCH_FILE, json_safe(report))
+    best = {}
+    for row in report["rows"]:
+        if row["speedup_vs_torch"] is not None and row["backend"] != "torch":
+            shape = "/".join(map(str, row["shape"]))
+            if row["speedup_vs_torch"] > best.get(shape, (0, ""))[0]:
+                best[shape] = (row["speedup_vs_torch"], f"{row['backend']} {row['precision']}")
+    return {"best_speedup_vs_torch": best}, [BENCH_FILE]
+
+
+def _report(run: _Run) -> tuple[dict[str, Any], list[str]]:
+    from fusionrt.report import write_report
+
+    files = write_report(run.out, run.result, out_dir=run.stage_dir)
+    return {"files": files}, files
+
+
+def _run_stages(run: _Run) -> None:
+    config = run.config
+    run.keys["export"] = _key(checkpoint=run.checkpoint_files, exporter="auto", opset=17)
+    run.stage(1, "export", lambda: _export(run), _export_gates)
+
+    run.keys["calibrate"] = _key(export=run.keys["export"], samples=config.calib_samples)
+    if "int8" in config.precisions:
+        run.stage(2, "calibrate", lambda: _calibrate(run))
+    else:
+        run.skip(2, "calibrate", "int8 not requested")
+    from fusionrt.calibration import BUDGETS
+
+    run.keys["fp16"] = _key(export=run.keys["export"], heldout=config.heldout_scenes,
+                            budget=BUDGETS["fp16"].to_dict())
+    if "fp16" in config.precisions:
+        run.stage(3, "fp16", lambda: _quantize(run, "fp16"), _accuracy_gates("fp16"))
+    else:
+        run.skip(3, "fp16", "not requested")
+    run.keys["int8"] = _key(calibrate=run.keys["calibrate"], method=config.calib_method,
+                            heldout=config.heldout_scenes, budget=BUDGETS["int8"].to_dict())
+    if "int8" in config.precisions:
+        run.stage(4, "int8", lambda: _quantize(run, "int8"), _accuracy_gates("int8"))
+    else:
+        run.skip(4, "int8", "not requested")
+    reason = engine_unavailable_reason()
+    run.skip(5, "engines", reason or "TensorRT engines are built by `fusionrt build`")
+    run.result.gates.append(Gate("tensorrt engines", "engines", "skipped", reason or "not built by the pipeline"))
+
+    graphs = run.graph_hashes([*run.graphs(), "fp32"])
+    tolerances = {p: gate_config.parity_tolerance(p, b).__dict__ for p in run.graphs() for b in config.backends}
+    run.keys["parity"] = _key(graphs=graphs, checkpoint=run.checkpoint_files, tolerances=tolerances,
+                              scenes=config.parity_scenes, backends=list(config.backends))
+    run.stage(6, "parity", lambda: _parity(run), _parity_gates)
+    run.keys["bench"] = _key(graphs=graphs, backends=list(config.backends), runs=config.bench_runs,
+                             threads=config.threads)
+    if config.skip_bench:
+        run.skip(7, "bench", "--skip-bench")
+    else:
+        run.stage(7, "bench", lambda: _bench(run))
+    manifest_files = run.bundle().manifest["files"]
+    run.keys["report"] = _key(inputs={n: manifest_files[n]["sha256"] for n in (PARITY_FILE, ACCURACY_FILE, BENCH_FILE)
+                                      if n in manifest_files}, stages={s: run.keys.get(s) for s in STAGES[:-1]},
+                              bench=not config.skip_bench)
+    run.stage(8, "report", lambda: _report(run))
+
+
+def run_pipeline(config: PipelineConfig, progress: Progress = SILENT,
+                 log: Callable[[str], None] | None = None) -> PipelineResult:
+    """Run (or reuse) every stage for ``config``; return the stages and gates.
+
+    Raises :class:`GateFailed` (with ``.gate`` and the partial result as ``.result``) when a gate
+    fails, :class:`InputError` for a refused output directory or a bundle locked by another
+    pipeline, :class:`PipelineWriteError` naming the path when writing fails (permission, disk full).
+    """
+    config.check()
+    run = _Run(config, progress, log or (lambda text: None))
+    with bundle_lock(run.out):
+        run.check_target()
+        run.clean_staging()
+        try:
+            _run_stages(run)
+        except GateFailed as exc:
+            exc.result = run.result  # type: ignore[attr-defined]
+            raise
+        except OSError as exc:
+            path = exc.filename or run.out
+            raise PipelineWriteError(str(path), "a writable location with free space (the bundle keeps its "
+                                     "previous state)", f"{exc.strerror or exc}") from exc
+    return run.result
