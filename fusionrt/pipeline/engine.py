@@ -1,15 +1,35 @@
-"""Whether TensorRT engines can be built here: a small local check, to be replaced by fusionrt.engine's."""
+"""The pipeline's engine stage: TensorRT engines through ``fusionrt.engine`` where TensorRT and a GPU exist."""
 
 from __future__ import annotations
 
-import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from fusionrt.progress import Progress
 
 
 def engine_unavailable_reason() -> str | None:
-    """``None`` when TensorRT and an NVIDIA GPU are present, else why the engine stage is skipped."""
-    if importlib.util.find_spec("tensorrt") is None:
-        return "TensorRT is not installed (pip package tensorrt)"
-    if not Path("/dev/nvidia0").exists() and not Path("/dev/nvidiactl").exists():
-        return "no NVIDIA GPU on this machine"
-    return "fusionrt has no engine builder yet (the TensorRT issue adds fusionrt build)"
+    """``None`` when the full TensorRT and a CUDA device are present, else why the engine stage is skipped."""
+    from fusionrt.engine.build import require_build_environment
+    from fusionrt.engine.errors import MissingRequirementError
+
+    try:
+        require_build_environment()
+    except MissingRequirementError as exc:
+        return str(exc.received)
+    return None
+
+
+def build_all_engines(bundle_dir: Path, precisions: Sequence[str], progress: Progress) -> dict[str, Any]:
+    """Build every graph's engine at each of ``precisions`` the TensorRT path takes (never int8-cpu)."""
+    from fusionrt.engine.build import build_engines
+
+    built = {}
+    for precision in precisions:
+        if precision == "int8-cpu":  # ONNX Runtime's CPU recipe (U8S8): not a TensorRT graph
+            continue
+        engines = build_engines(bundle_dir, precision, progress=progress)
+        built[precision] = [{"file": e.entry.file, "bytes": e.plan_bytes, "seconds": round(e.seconds, 1)}
+                            for e in engines]
+    return {"engines": built}

@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -25,8 +24,7 @@ from typing import Any
 
 from fusionrt.errors import FusionrtError, InputError
 from fusionrt.io import atomic_write_json
-from fusionrt.pipeline import gates as gate_config
-from fusionrt.pipeline.engine import engine_unavailable_reason
+from fusionrt.pipeline.engine import build_all_engines, engine_unavailable_reason
 from fusionrt.pipeline.lock import bundle_lock
 from fusionrt.pipeline.result import Gate, PipelineResult, StageRecord
 from fusionrt.progress import SILENT, Progress
@@ -149,17 +147,17 @@ class _Run:
     def record(self, name: str, seconds: float, summary: dict[str, Any], files: Sequence[str] = ()) -> None:
         """Move ``files`` from the stage's staging dir into the bundle, register them and mark stage ``name``
         finished with its key, in one manifest rewrite."""
-        from fusionrt.calibration.manifest import update_manifest
+        from fusionrt.runtime.transaction import BundleTransaction
 
-        for file in files:
-            os.replace(self.stage_dir / file, self.out / file)
-        manifest = json.loads((self.out / MANIFEST).read_text())
-        section = manifest.get("pipeline") or {}
-        stages = section.get("stages", {})
-        stages[name] = {"key": self.keys[name], "seconds": round(seconds, 2), "finished_utc": _now(),
-                        "summary": summary}
-        section = {"checkpoint": {"path": str(self.checkpoint), "files": self.checkpoint_files}, "stages": stages}
-        update_manifest(self.out, files=list(files), sections={"pipeline": section})
+        with BundleTransaction(self.out, verify=False) as tx:
+            for file in files:  # fresh names until the manifest is published: readers never see a mix
+                tx.adopt(self.stage_dir / file, file)
+            stages = (tx.manifest.get("pipeline") or {}).get("stages", {})
+            stages[name] = {"key": self.keys[name], "seconds": round(seconds, 2), "finished_utc": _now(),
+                            "summary": summary}
+            section = {"checkpoint": {"path": str(self.checkpoint), "files": self.checkpoint_files},
+                       "stages": stages}
+            tx.commit(sections={"pipeline": section})
         self.recorded = stages
 
     def reusable(self, name: str) -> dict[str, Any] | None:
@@ -192,7 +190,7 @@ class _Run:
 
             bundle = Bundle.open(self.out)
             reference = Session(bundle, "torch", "fusion", "fp32", **self.config.torch_options)
-            self._evaluator = HeldoutEvaluator(bundle, self.config.heldout_scenes, progress=self.note,
+            self._evaluator = HeldoutEvaluator(bundle, self.config.heldout_scenes, progress=self.progress,
                                                reference=reference)
         return self._evaluator
 
@@ -250,7 +248,7 @@ def _export(run: _Run) -> tuple[dict[str, Any], list[str]]:
     from fusionrt.export import VerificationError, export_checkpoint
 
     try:
-        export_checkpoint(run.checkpoint, run.out, progress=run.note)
+        export_checkpoint(run.checkpoint, run.out, progress=run.progress)
     except VerificationError as exc:
         return {"verification": {"passed": False, "failures": exc.failures[:20]}}, []
     verification = Bundle.open(run.out).manifest["verification"]
@@ -273,7 +271,7 @@ def _export_gates(summary: dict[str, Any]) -> list[Gate]:
 def _calibrate(run: _Run) -> tuple[dict[str, Any], list[str]]:
     from fusionrt.calibration import calibrate
 
-    record = calibrate(run.out, samples=run.config.calib_samples, progress=run.note)
+    record = calibrate(run.out, samples=run.config.calib_samples, progress=run.progress)
     return {"samples": record["samples"], "sha256": record["sha256"]}, []
 
 
@@ -282,7 +280,7 @@ def _quantize(run: _Run, precision: str) -> tuple[dict[str, Any], list[str]]:
 
     try:
         if precision == "fp16":
-            report = quantize_fp16(run.out, evaluator=run.evaluator(), progress=run.note)
+            report = quantize_fp16(run.out, evaluator=run.evaluator(), progress=run.progress)
             return {"graphs": {"fp16": report["heldout"]}}, []
         report = quantize_int8(run.out, method=run.config.calib_method, evaluator=run.evaluator(),
                                progress=run.note)
@@ -309,24 +307,24 @@ def _accuracy_gates(stage: str) -> Callable[[dict[str, Any]], list[Gate]]:
 
 
 def _parity(run: _Run) -> tuple[dict[str, Any], list[str]]:
-    from fusionrt.parity import json_safe, run_parity
+    from fusionrt.parity import gates_for, json_safe, run_parity
     from fusionrt.pipeline.accuracy import accuracy_by_kind
 
     bundle = Bundle.open(run.out, verify=False)
     reports, summary = [], {"checks": []}
     for backend in run.config.backends:
         for precision in run.graphs():
-            tolerance = gate_config.parity_tolerance(precision, backend)
+            gates = gates_for(bundle, precision)
             run.note(f"parity {precision} on {backend} vs fp32 PyTorch")
             started = time.perf_counter()
             report = run_parity(bundle, "torch", backend, candidate_precision=precision,
-                                scenes=run.config.parity_scenes, tolerance=tolerance,
+                                scenes=run.config.parity_scenes, gates=gates,
                                 reference_options=run.config.torch_options)
             data = json_safe(report.to_dict())
             reports.append(data)
             summary["checks"].append({
                 "precision": precision, "backend": backend, "passed": report.passed,
-                "failures": report.failures[:20], "tolerance": data["tolerance"],
+                "failures": report.failure_rows()[:20], "gates": data["gates"],
                 "seconds": round(time.perf_counter() - started, 2),
                 "table": report.table()})
     atomic_write_json(run.stage_dir / PARITY_FILE, reports)
@@ -339,7 +337,7 @@ def _parity(run: _Run) -> tuple[dict[str, Any], list[str]]:
 
 def _parity_gates(summary: dict[str, Any]) -> list[Gate]:
     return [Gate(f"parity {c['precision']} {c['backend']}", "parity", "passed" if c["passed"] else "failed",
-                 "; ".join(c["failures"][:3]) or "within tolerance " + json.dumps(c["tolerance"]), c["table"],
+                 "; ".join(c["failures"][:3]) or "within gates " + json.dumps(c["gates"]), c["table"],
                  c["seconds"]) for c in summary["checks"]]
 
 
@@ -373,13 +371,13 @@ def _run_stages(run: _Run) -> None:
     run.stage(1, "export", lambda: _export(run), _export_gates)
 
     run.keys["calibrate"] = _key(export=run.keys["export"], samples=config.calib_samples)
-    if "int8" in config.precisions:
+    if {"fp16", "int8"} & set(config.precisions):  # fp16 keeps in FP32 what the calibration data says
         run.stage(2, "calibrate", lambda: _calibrate(run))
     else:
-        run.skip(2, "calibrate", "int8 not requested")
+        run.skip(2, "calibrate", "neither fp16 nor int8 requested")
     from fusionrt.calibration import BUDGETS
 
-    run.keys["fp16"] = _key(export=run.keys["export"], heldout=config.heldout_scenes,
+    run.keys["fp16"] = _key(calibrate=run.keys["calibrate"], heldout=config.heldout_scenes,
                             budget=BUDGETS["fp16"].to_dict())
     if "fp16" in config.precisions:
         run.stage(3, "fp16", lambda: _quantize(run, "fp16"), _accuracy_gates("fp16"))
@@ -392,12 +390,18 @@ def _run_stages(run: _Run) -> None:
     else:
         run.skip(4, "int8", "not requested")
     reason = engine_unavailable_reason()
-    run.skip(5, "engines", reason or "TensorRT engines are built by `fusionrt build`")
-    run.result.gates.append(Gate("tensorrt engines", "engines", "skipped", reason or "not built by the pipeline"))
+    if reason is None:
+        run.keys["engines"] = _key(graphs=run.graph_hashes([*run.graphs(), "fp32"]))
+        run.stage(5, "engines", lambda: (build_all_engines(run.out, run.graphs(), run.progress), []))
+    else:
+        run.skip(5, "engines", reason)
+        run.result.gates.append(Gate("tensorrt engines", "engines", "skipped", reason))
 
     graphs = run.graph_hashes([*run.graphs(), "fp32"])
-    tolerances = {p: gate_config.parity_tolerance(p, b).__dict__ for p in run.graphs() for b in config.backends}
-    run.keys["parity"] = _key(graphs=graphs, checkpoint=run.checkpoint_files, tolerances=tolerances,
+    from fusionrt.parity import gates_for
+
+    gates = {p: gates_for(run.bundle(), p).to_dict() for p in run.graphs()}
+    run.keys["parity"] = _key(graphs=graphs, checkpoint=run.checkpoint_files, gates=gates,
                               scenes=config.parity_scenes, backends=list(config.backends))
     run.stage(6, "parity", lambda: _parity(run), _parity_gates)
     run.keys["bench"] = _key(graphs=graphs, backends=list(config.backends), runs=config.bench_runs,
