@@ -18,11 +18,12 @@ from fusionrt.app import SHIPPED_BUNDLE
 from fusionrt.export import export_checkpoint
 from fusionrt.io import atomic_write_json
 from fusionrt.model import SHIPPED_CHECKPOINT
+from fusionrt.progress import progress_for
 from fusionrt.runtime import MANIFEST, Bundle
 
 
 def main() -> int:
-    export_checkpoint(SHIPPED_CHECKPOINT, SHIPPED_BUNDLE, progress=lambda text: print(text, file=sys.stderr))
+    export_checkpoint(SHIPPED_CHECKPOINT, SHIPPED_BUNDLE, progress=progress_for())
     manifest_path = SHIPPED_BUNDLE / MANIFEST
     manifest = json.loads(manifest_path.read_text())
     # the torch backend finds the checkpoint from the repository root, or with checkpoint=SHIPPED_CHECKPOINT
