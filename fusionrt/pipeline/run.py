@@ -283,7 +283,7 @@ def _quantize(run: _Run, precision: str) -> tuple[dict[str, Any], list[str]]:
             report = quantize_fp16(run.out, evaluator=run.evaluator(), progress=run.progress)
             return {"graphs": {"fp16": report["heldout"]}}, []
         report = quantize_int8(run.out, method=run.config.calib_method, evaluator=run.evaluator(),
-                               progress=run.note)
+                               progress=run.progress)
         return {"graphs": {p: g["heldout"] for p, g in report["graphs"].items()}}, []
     except BudgetExceededError as exc:
         graphs = exc.report.get("graphs") or {precision: exc.report.get("heldout", {})}

@@ -40,7 +40,7 @@ def collect(bundle_dir: str | Path, result: Any = None) -> dict[str, Any]:
         "export_verification": manifest.get("verification"),
         "quantization": {p: {k: v for k, v in q.items() if k in ("heldout", "graphs", "method", "seconds")}
                          for p, q in manifest.get("quantization", {}).items()},
-        "parity": [{k: r[k] for k in ("candidate", "tolerance", "passed", "failures")} | {
+        "parity": [{k: r[k] for k in ("candidate", "gates", "passed", "failures")} | {
             "grid_worst": {g["graph"]: g["worst"] for g in r["grids"]},
             "scenes": r["scenes"]} for r in (_load(bundle, "parity.json") or [])],
         "accuracy": _load(bundle, "accuracy.json"),
