@@ -124,10 +124,9 @@ def test_a_second_pipeline_on_a_locked_bundle_refuses_clearly(copy, capsys):
 
 
 def test_a_failing_gate_stops_with_exit_1_naming_it(copy, tmp_path, capsys, monkeypatch):
-    from fusionrt.parity import Tolerance
-    from fusionrt.pipeline import gates
+    from fusionrt.parity import gates
 
-    monkeypatch.setitem(gates._TOLERANCES, "fp32", Tolerance(max_abs=1e-12, min_cosine=0.9999, min_agreement=0.99))
+    monkeypatch.setitem(gates.FP32_GATES, "max_abs", 1e-12)  # the pipeline's parity gates are the parity command's
     before = _stages(copy)
     junit = tmp_path / "junit.xml"
     assert main(["pipeline", "--out", str(copy), *FAST, "--junit", str(junit)]) == 1

@@ -49,7 +49,7 @@ def test_doctor_cli_lists_the_bundle_engines(bundle, capsys):
     text = capsys.readouterr().out
     assert "engines of the bundle:" in text and "engines/fusion.fp32.nvidia-h100-80gb-hbm3" in text
     assert "CUDA device (cuda-python):" in text
-    assert main(["doctor", "--no-torch", "--json", "--bundle", str(bundle)]) == 0
+    assert main(["doctor", "--no-torch", "--json", "-", "--bundle", str(bundle)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert [row["graph"] for row in report["engines"]] == ["fusion"]
     assert set(report["cuda_device"]) >= {"found"}
