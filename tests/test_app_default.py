@@ -68,7 +68,7 @@ def test_default_answerer_never_imports_torch():
 def test_cli_ask_without_a_model_never_imports_torch(tmp_path):
     image = tmp_path / "s.png"
     Image.fromarray(render(generate_scene(4))).save(image)
-    code = ("import sys, runpy; sys.argv = ['fusionrt', 'ask', sys.argv[1], 'How many objects are there?', '--json', '-']\n"
+    code = ("import sys; sys.argv = ['fusionrt', 'ask', sys.argv[1], 'How many objects are there?', '--json', '-']\n"
             "from fusionrt.cli import main\n"
             "rc = main(sys.argv[1:])\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n"
