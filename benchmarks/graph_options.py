@@ -31,6 +31,7 @@ from fusionrt.calibration import (
     load_calibration,
     write_qdq,
 )
+from fusionrt.progress import progress_for
 from fusionrt.runtime import Bundle
 
 BEFORE_OPS = ["LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "Erf", "Pow", "Sqrt", "Div", "Where", "Clip"]
@@ -51,7 +52,7 @@ def main() -> int:
     bundle = Bundle.open(args.bundle)
     fp32 = bundle.graph_path("fusion")
     work = Path(tempfile.mkdtemp(prefix="graph-options-"))
-    keep = list(fp32_keep_set(bundle.path, progress=log))
+    keep = list(fp32_keep_set(bundle.path, progress=progress_for()))
     fp16_options = {"fp16: keep-set from data (default)": {"keep_fp32_nodes": keep},
                     "fp16: nothing kept in fp32": {},
                     "fp16: Softmax kept": {"keep_fp32_ops": ["Softmax"]},
@@ -67,7 +68,7 @@ def main() -> int:
                                 drop_constant=recipe.residual_layernorm_inputs)
         paths[label] = work / f"int8-{i}.onnx"
         write_qdq(fp32, paths[label], ranges, recipe)
-    evaluator = HeldoutEvaluator(bundle, args.heldout_scenes, progress=log)
+    evaluator = HeldoutEvaluator(bundle, args.heldout_scenes, progress=progress_for())
     rows = {}
     lines = ["| option | nodes | Casts | Q/DQ | INT8 GEMMs / weighted MatMuls | accuracy | agreement | "
              "mean abs logit error |", "|---" * 8 + "|"]

@@ -23,6 +23,7 @@ from typing import Any
 from bench_int8 import feeds, log, measure, ort_fn
 
 from fusionrt.calibration.budget import HeldoutEvaluator
+from fusionrt.progress import progress_for
 from fusionrt.runtime import Bundle
 
 QDQ = ("QuantizeLinear", "DequantizeLinear")
@@ -77,7 +78,7 @@ def main() -> int:
     first = next(iter(bundles.values()))
     # One evaluator serves every bundle: same checkpoint, same region encoder, so the same held-out feeds.
     log(f"held-out evaluation on {args.heldout_scenes} scenes")
-    evaluator = HeldoutEvaluator(first, args.heldout_scenes, progress=log)
+    evaluator = HeldoutEvaluator(first, args.heldout_scenes, progress=progress_for())
     for key, path in paths.items():
         m = evaluator.measure_path(path, threads=args.threads)
         rows[key].update(accuracy=m.accuracy, agreement=m.agreement, questions=m.questions)

@@ -24,6 +24,7 @@ from bench_int8 import log
 from graph_stats import structure
 
 from fusionrt.calibration import HeldoutEvaluator, load_calibration
+from fusionrt.progress import progress_for
 from fusionrt.runtime import Bundle
 
 NAMES = ("input_ids", "text_mask", "visual_feats", "visual_mask")
@@ -78,7 +79,7 @@ def main() -> int:
     shutil.copyfile(fp32, work / "fusion.onnx")
     log("ModelOpt INT8 PTQ on a copy of fusion.onnx")
     run_modelopt(work / "fusion.onnx", bundle, theirs)
-    evaluator = HeldoutEvaluator(bundle, args.heldout_scenes, progress=log)
+    evaluator = HeldoutEvaluator(bundle, args.heldout_scenes, progress=progress_for())
     rows = {}
     for label, path in (("fusionrt fusion.int8.onnx", ours), ("ModelOpt 0.47 int8 (max)", theirs)):
         m = evaluator.measure_path(path)

@@ -109,3 +109,17 @@ def test_a_choice_from_another_machine_is_flagged(tuned, tmp_path):
     copy = shutil.copytree(bundle, tmp_path / "copy")
     update_manifest(copy, sections={"auto": {**section, "machine": {**section["machine"], "cpu": "other"}}})
     assert Session(copy, "auto", precision="auto").describe()["auto"]["same_machine"] is False
+
+
+def test_bench_auto_records_a_choice_beside_the_latency_table(tuned, tmp_path):
+    """Last in this module: it rewrites the shared bundle's choice."""
+    bundle, _ = tuned
+    out = tmp_path / "bench.json"
+    before = Bundle.open(bundle).manifest["auto"]["created_utc"]
+    assert main(["bench", str(bundle), "--shapes", "1,8,4", "--runs", "5", "--no-app", "--threads", "2", "--auto",
+                 "--auto-heldout-scenes", "20", "--json", str(out), "-q"]) == 0
+    report = json.loads(out.read_text())
+    recorded = Bundle.open(bundle).manifest["auto"]
+    assert report["auto"] == recorded and recorded["created_utc"] >= before
+    assert any(c["passed"] for c in recorded["candidates"])
+    assert {r["backend"] for r in report["rows"]} == {"onnxruntime", "torch"}  # torch: the eager baseline

@@ -103,7 +103,7 @@ def choose_path(bundle_dir: str | Path, *, backends: Sequence[str] | None = None
     bundle = Bundle.open(bundle_dir)
     started = time.perf_counter()
     candidates = list_candidates(bundle, backends, precisions)
-    evaluator = evaluator or HeldoutEvaluator(bundle, heldout_scenes, progress=progress.note)
+    evaluator = evaluator or HeldoutEvaluator(bundle, heldout_scenes, progress=progress)
     sessions: dict[str, Session] = {}
     for cand in progress.iterate(candidates, "held-out accuracy", unit="path"):
         if threads:

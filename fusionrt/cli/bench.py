@@ -23,13 +23,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--concurrency", type=int, default=0, metavar="N",
                         help="also measure throughput with N caller threads on one Session")
     parser.add_argument("--no-app", action="store_true", help="skip the end-to-end app latency split")
-    parser.add_argument("--json", default=None, metavar="OUT", help="also write the full report as JSON to OUT")
+    parser.add_argument("--auto", action="store_true",
+                        help="also pick the fastest backend x precision within budget on this machine and record it "
+                             "in the manifest for precision='auto' (what `fusionrt tune` does)")
+    parser.add_argument("--auto-heldout-scenes", type=int, default=None, metavar="N",
+                        help="with --auto: held-out scenes for each path's budget (default: fusionrt tune's)")
+    from fusionrt.cli.output import add_json_option
+
+    add_json_option(parser, "the full report")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from fusionrt.bench import DEFAULT_SHAPES, BenchConfig, format_table, parse_shape, run_bench
-    from fusionrt.io import atomic_write_json
+    from fusionrt.cli.output import write_json
     from fusionrt.parity.report import json_safe
     from fusionrt.progress import progress_for
 
@@ -37,8 +44,17 @@ def run(args: argparse.Namespace) -> int:
     config = BenchConfig(backends=args.backends, precisions=args.precisions, shapes=shapes, sweep=args.sweep,
                          runs=args.runs, threads=args.threads, concurrency=args.concurrency, app=not args.no_app)
     report = run_bench(args.bundle, config, progress_for(args.quiet))
+    if args.auto:
+        from fusionrt.calibration.choose import choose_path
+
+        scenes = {"heldout_scenes": args.auto_heldout_scenes} if args.auto_heldout_scenes else {}
+        report["auto"] = choose_path(args.bundle, threads=args.threads, progress=progress_for(args.quiet), **scenes)
+    if write_json(args.json, json_safe(report)):
+        return 0
     print(format_table(report))
-    if args.json:
-        atomic_write_json(args.json, json_safe(report))
-        print(f"wrote {args.json}")
+    if args.auto:
+        from fusionrt.cli.tune import table
+
+        choice = report["auto"]
+        print("\n".join(["path choice (recorded in manifest.json 'auto'):", *table(choice)]))
     return 0

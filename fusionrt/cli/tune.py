@@ -26,7 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--heldout-scenes", type=int, default=DEFAULT_HELDOUT_SCENES,
                         help=f"held-out scenes for each path's budget (default {DEFAULT_HELDOUT_SCENES})")
     parser.add_argument("--no-record", action="store_true", help="measure and print, leave the manifest as it is")
-    parser.add_argument("--json", default=None, metavar="OUT", help="also write the full result as JSON to OUT")
+    from fusionrt.cli.output import add_json_option
+
+    add_json_option(parser, "the full result")
     parser.set_defaults(handler=run)
 
 
@@ -47,15 +49,15 @@ def table(section: dict) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from fusionrt.calibration.choose import choose_path
-    from fusionrt.io import atomic_write_json
+    from fusionrt.cli.output import write_json
     from fusionrt.progress import progress_for
 
     batches = [int(b) for b in _names(args.batches) or []]
     section = choose_path(args.bundle, backends=_names(args.backends), precisions=_names(args.precisions),
                           batches=batches, threads=args.threads, heldout_scenes=args.heldout_scenes,
                           record=not args.no_record, progress=progress_for(args.quiet))
-    if args.json:
-        atomic_write_json(args.json, section)
+    if write_json(args.json, section):
+        return 0
     print("\n".join(table(section)))
     where = "not recorded (--no-record)" if args.no_record else "recorded in manifest.json 'auto'"
     print(f"choice: {section['backend']} {section['precision']} {section['options'] or ''} ({where})")
