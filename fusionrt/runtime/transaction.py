@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from fusionrt.io import atomic_write_json
-from fusionrt.runtime.bundle import MANIFEST, Bundle, read_manifest, sha256_file
+from fusionrt.runtime.bundle import MANIFEST, Bundle, is_bundle_file_name, read_manifest, sha256_file
 from fusionrt.runtime.errors import BundleError
 
 LOCK_FILE = ".fusionrt.lock"
@@ -97,6 +97,7 @@ class BundleTransaction:
         self._verify = verify
         self._lock_fd: int | None = None
         self._created: dict[str, str] = {}  # own name -> name on disk
+        self._journalled: set[str] = set()  # every other name this update may leave behind
         self.bundle: Bundle | None = None
         self.committed = False
 
@@ -194,7 +195,9 @@ class BundleTransaction:
 
     def _journal(self, *names: str) -> None:
         # Written before the files exist, so a crash can never leave an unlisted orphan.
-        atomic_write_json(self.path / JOURNAL_FILE, sorted({*self._created.values(), *names}))
+        # Accumulated: restoring two own names journals twice, and the first link must stay journalled.
+        self._journalled.update(names)
+        atomic_write_json(self.path / JOURNAL_FILE, sorted({*self._created.values(), *self._journalled}))
 
     # -- building the update ----------------------------------------------------------------------
     @property
@@ -236,7 +239,7 @@ class BundleTransaction:
         if manifest is not None:
             new["files"] = {}
         for name in files:
-            if Path(name).name != name or not (self.path / name).is_file():
+            if not is_bundle_file_name(name) or not (self.path / name).is_file():
                 raise BundleError(f"{MANIFEST} files", "names of files inside the bundle", repr(name))
             new["files"][name] = file_entry(self.path / name)
         for name, on_disk in self._created.items():
