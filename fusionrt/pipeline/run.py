@@ -338,7 +338,7 @@ def _parity(run: _Run) -> tuple[dict[str, Any], list[str]]:
 
 def _parity_gates(summary: dict[str, Any]) -> list[Gate]:
     return [Gate(f"parity {c['precision']} {c['backend']}", "parity", "passed" if c["passed"] else "failed",
-                 "; ".join(c["failures"][:3]) or "grid and held-out scenes within: " + c["gates_text"], c["table"],
+                 "; ".join(c["failures"][:3]) or "grid and held-out scenes within: " + c.get("gates_text", json.dumps(c.get("gates"))), c["table"],
                  c["seconds"]) for c in summary["checks"]]
 
 
