@@ -337,9 +337,11 @@ def _parity(run: _Run) -> tuple[dict[str, Any], list[str]]:
 
 
 def _parity_gates(summary: dict[str, Any]) -> list[Gate]:
+    def passed(check: dict[str, Any]) -> str:  # a stage recorded before gate texts existed has only the dict
+        return "grid and held-out scenes within: " + check.get("gates_text", json.dumps(check.get("gates")))
+
     return [Gate(f"parity {c['precision']} {c['backend']}", "parity", "passed" if c["passed"] else "failed",
-                 "; ".join(c["failures"][:3]) or "grid and held-out scenes within: " + c.get("gates_text", json.dumps(c.get("gates"))), c["table"],
-                 c["seconds"]) for c in summary["checks"]]
+                 "; ".join(c["failures"][:3]) or passed(c), c["table"], c["seconds"]) for c in summary["checks"]]
 
 
 def _bench(run: _Run) -> tuple[dict[str, Any], list[str]]:
