@@ -24,3 +24,20 @@ def test_the_region_encoder_max_n_is_verified():
     assert max(sizes) == 1024 and len(sizes) == len(set(sizes))
     big = next(p for p in verification_points(spec) if p.sizes["N"] == 1024)
     assert big.feed["crops"].shape == (1024, 3, 32, 32) and np.isfinite(big.feed["crops"]).all()
+
+
+def test_a_bundle_with_a_small_max_batch_calibrates_and_measures(tmp_path):
+    """Scene work is cut to the declared maxima: with --max-batch 4 (region encoder N <= 64, fusion B <= 4) the
+    calibration scenes (116+ crops) and held-out batches (64 questions) used to be refused by the Session."""
+    from fusionrt.calibration import HeldoutEvaluator, calibrate
+    from fusionrt.export import export_checkpoint
+    from fusionrt.runtime import Bundle
+
+    bundle = export_checkpoint(None, tmp_path / "b", max_batch=4)
+    opened = Bundle.open(bundle)
+    assert opened.graph("fusion").dims["B"].max == 4 and opened.graph("region_encoder").dims["N"].max == 64
+    assert calibrate(bundle, samples=40)["samples"] == 40
+    evaluator = HeldoutEvaluator(Bundle.open(bundle), scenes=12)
+    assert max(len(b["input_ids"]) for b in evaluator.batches) == 4
+    measured = evaluator.measure_path(bundle / "fusion.onnx")
+    assert measured.agreement == 1.0

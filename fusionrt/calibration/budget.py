@@ -78,21 +78,13 @@ class HeldoutEvaluator:
 
     def __init__(self, bundle: Bundle, scenes: int = DEFAULT_HELDOUT_SCENES, batch: int = 64,
                  progress: Progress = SILENT, reference: Any = None) -> None:
-        from fusionrt.parity.scenes import encode_scene_regions, heldout_questions
+        from fusionrt.parity.scenes import encode_scene_regions, heldout_questions, question_batches
         from fusionrt.runtime.session import Session
 
         self.scenes = scenes
         qa = heldout_questions(bundle, scenes, progress=progress)
         visual, visual_mask = encode_scene_regions(bundle, qa)
-        self.batches: list[dict[str, np.ndarray]] = []
-        for start in range(0, len(qa), batch):
-            idx = np.arange(start, min(start + batch, len(qa)))
-            length = max(1, int(qa.text_mask[idx].sum(axis=1).max()))
-            scene = qa.scene_index[idx]
-            self.batches.append({
-                "input_ids": np.ascontiguousarray(qa.input_ids[idx, :length]),
-                "text_mask": np.ascontiguousarray(qa.text_mask[idx, :length]),
-                "visual_feats": visual[scene], "visual_mask": visual_mask[scene]})
+        self.batches = question_batches(bundle, qa, visual, visual_mask, batch)
         self.answers = qa.answer_index
         progress.note(f"fp32 PyTorch reference on {len(qa)} held-out questions")
         ref = reference if reference is not None else Session(bundle, "torch", "fusion")

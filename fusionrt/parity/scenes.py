@@ -66,12 +66,29 @@ def encode_scene_regions(bundle: Bundle, qa: QASet, chunk: int = 1024) -> tuple[
     to ``visual_feats`` [S,M,Dv] and ``visual_mask`` [S,M]."""
     from fusionrt.runtime.session import Session
 
+    chunk = min(chunk, bundle.graph("region_encoder").max_batch or chunk)  # never past the declared max N
     with Session(bundle, "onnxruntime", "region_encoder") as encoder:
         feats = np.concatenate([
             encoder.run({"crops": qa.crops[a:a + chunk].astype(np.float32) / np.float32(255.0),
                          "geometry": qa.geometry[a:a + chunk]})["feats"]
             for a in range(0, len(qa.crops), chunk)])
     return pad_regions(feats, np.diff(qa.region_offsets))
+
+
+def question_batches(bundle: Bundle, qa: QASet, visual: np.ndarray, visual_mask: np.ndarray,
+                     batch: int = 64) -> list[dict[str, np.ndarray]]:
+    """Fusion feeds for every question of ``qa`` in order, ``batch`` at a time (never past the graph's max B),
+    each cut to its longest question; ``visual``/``visual_mask`` from :func:`encode_scene_regions`."""
+    batch = min(batch, bundle.graph("fusion").max_batch or batch)
+    out = []
+    for start in range(0, len(qa), batch):
+        idx = np.arange(start, min(start + batch, len(qa)))
+        length = max(1, int(qa.text_mask[idx].sum(axis=1).max()))
+        scene = qa.scene_index[idx]
+        out.append({"input_ids": np.ascontiguousarray(qa.input_ids[idx, :length]),
+                    "text_mask": np.ascontiguousarray(qa.text_mask[idx, :length]),
+                    "visual_feats": visual[scene], "visual_mask": visual_mask[scene]})
+    return out
 
 
 def _side(runners: Mapping[str, Runs], qa: QASet, idx: np.ndarray, visual_dim: int) -> dict[str, np.ndarray]:

@@ -20,18 +20,6 @@ from fusionrt.runtime.session import Session
 BATCH = 64
 
 
-def _batches(qa: Any, visual: np.ndarray, visual_mask: np.ndarray) -> list[dict[str, np.ndarray]]:
-    out = []
-    for start in range(0, len(qa), BATCH):
-        idx = np.arange(start, min(start + BATCH, len(qa)))
-        length = max(1, int(qa.text_mask[idx].sum(axis=1).max()))
-        scene = qa.scene_index[idx]
-        out.append({"input_ids": np.ascontiguousarray(qa.input_ids[idx, :length]),
-                    "text_mask": np.ascontiguousarray(qa.text_mask[idx, :length]),
-                    "visual_feats": visual[scene], "visual_mask": visual_mask[scene]})
-    return out
-
-
 def _outputs(session: Session, batches: list[dict[str, np.ndarray]]) -> tuple[list[np.ndarray], np.ndarray]:
     hidden, logits = [], []
     for feed in batches:
@@ -53,11 +41,11 @@ def _per_question_hidden_error(ref: list[np.ndarray], cand: list[np.ndarray],
 def accuracy_by_kind(bundle: Bundle, precisions: Sequence[str], scenes: int = 200, backend: str = "onnxruntime",
                      torch_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Accuracy overall and per kind of fp32 PyTorch and of each precision on ``backend``; per-question errors."""
-    from fusionrt.parity.scenes import encode_scene_regions, heldout_questions
+    from fusionrt.parity.scenes import encode_scene_regions, heldout_questions, question_batches
 
     qa = heldout_questions(bundle, scenes)
     visual, visual_mask = encode_scene_regions(bundle, qa)
-    batches = _batches(qa, visual, visual_mask)
+    batches = question_batches(bundle, qa, visual, visual_mask, BATCH)
     kinds = [QUESTION_KINDS[k] for k in qa.kind_index]
 
     def summary(pred: np.ndarray) -> dict[str, Any]:

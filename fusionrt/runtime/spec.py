@@ -108,6 +108,13 @@ class GraphSpec:
     def input(self, name: str) -> TensorSpec:
         return next(t for t in self.inputs if t.name == name)
 
+    @property
+    def max_batch(self) -> int | None:
+        """The largest size of the leading dim of the first input (the batch: B, or the region encoder's N)
+        when it is dynamic; ``None`` when it is fixed."""
+        lead = self.inputs[0].shape[0] if self.inputs and self.inputs[0].shape else None
+        return self.dims[lead].max if isinstance(lead, str) else None
+
     def to_dict(self) -> dict[str, Any]:
         """The manifest form: each tensor carries the min/opt/max of its own dynamic dims."""
 
