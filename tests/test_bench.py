@@ -19,23 +19,11 @@ from fusionrt.bench import (
     time_blocks,
 )
 from fusionrt.errors import InputError
-from fusionrt.export import export_onnx
-from fusionrt.model import FusionConfig, FusionModel
-
-TINY = FusionConfig(vocab_size=50, hidden=32, layers=2, heads=4, ffn=64, visual_dim=12, num_answers=7,
-                    max_text_len=16, max_visual_len=8)
 
 
 @pytest.fixture(scope="module")
-def tiny_model():
-    torch.manual_seed(0)
-    return FusionModel(TINY).eval()
-
-
-@pytest.fixture(scope="module")
-def bundle(tiny_model, tmp_path_factory):
-    return export_onnx(tiny_model, tmp_path_factory.mktemp("bench") / "bundle", vocab_size=50, visual_dim=12,
-                       max_text_len=16, max_visual_len=8, max_batch=16)
+def bundle(tiny_bundle):
+    return tiny_bundle
 
 
 def test_cost_of_a_hand_made_graph(tmp_path):

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from fusionrt.export import export_onnx
-from fusionrt.model import FusionConfig, FusionModel
+from fusionrt.model import FusionModel
 from fusionrt.parity import fusion_feed
 from fusionrt.runtime import (
     BACKENDS,
@@ -25,20 +24,10 @@ from fusionrt.runtime import (
     Session,
 )
 
-TINY = FusionConfig(vocab_size=50, hidden=32, layers=2, heads=4, ffn=64, visual_dim=12, num_answers=7,
-                    max_text_len=16, max_visual_len=8)
-
 
 @pytest.fixture(scope="module")
-def tiny_model():
-    torch.manual_seed(0)
-    return FusionModel(TINY).eval()
-
-
-@pytest.fixture(scope="module")
-def bundle(tiny_model, tmp_path_factory):
-    return export_onnx(tiny_model, tmp_path_factory.mktemp("rt") / "bundle", vocab_size=50, visual_dim=12,
-                       max_text_len=16, max_visual_len=8, max_batch=16)
+def bundle(tiny_bundle):
+    return tiny_bundle
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +94,9 @@ def test_torch_backend_runs_the_given_module(bundle, tiny_model):
     np.testing.assert_array_equal(got["logits"], torch_outputs(tiny_model, f)["logits"])
 
 
-def test_torch_backend_refuses_other_weights_or_no_module(bundle):
+def test_torch_backend_refuses_other_weights_or_no_module(bundle, tiny_model):
     with pytest.raises(BackendError, match="weights with the sha256 recorded"):
-        Session(bundle, "torch", module=FusionModel(TINY))
+        Session(bundle, "torch", module=FusionModel(tiny_model.config))
     with pytest.raises(BackendError, match="module=m"):
         Session(bundle, "torch")
 
