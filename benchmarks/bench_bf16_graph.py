@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from fusionrt.bench.timing import medians, time_in_blocks
 from fusionrt.calibration import HeldoutEvaluator, convert_mixed_precision, fp32_keep_set
 from fusionrt.parity import fusion_feed
 from fusionrt.runtime import Bundle
 from fusionrt.runtime.backends.openvino import compiled_from_onnx, runtime_precisions
-from fusionrt.runtime.timing import medians, time_in_blocks
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ Alternatives: PyTorch eager fp32, ``torch.compile`` fp32 (compile time reported)
 ``fusionrt.runtime.Session``: ORT fp32 / int8-cpu, OpenVINO f32 and bf16 hints on the fp32, int8 and
 int8-cpu graphs. Shipped model (trained) and the ``base`` preset (random weights, int8 ranges from random
 feeds: fine for speed, meaningless for accuracy). B=1 and B=8 at T=16, M=8. Each shape's engines are timed
-in blocks (:mod:`fusionrt.runtime.timing`), all at ``--threads``. In the same run: large-GEMM peaks in
+in blocks (:mod:`fusionrt.bench.timing`), all at ``--threads``. In the same run: large-GEMM peaks in
 fp32, BF16 and INT8, the ``base`` B=8 throughput as a fraction of them, held-out accuracy of each path on
 the shipped model, the app end to end (one image, 8 questions), and an ORT per-op profile of the best path.
 """
@@ -26,18 +26,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fusionrt.bench.timing import medians, time_in_blocks
+from fusionrt.bundle.transaction import update_manifest
 from fusionrt.calibration import calibrate, quantize_int8
-from fusionrt.calibration.budget import HeldoutEvaluator
-from fusionrt.calibration.manifest import update_manifest
 from fusionrt.calibration.qdq import CPU, TENSORRT, write_qdq
 from fusionrt.calibration.ranges import collect_ranges
 from fusionrt.export import export_checkpoint, export_onnx
 from fusionrt.io import atomic_write_json
 from fusionrt.model import FusionModel, load_checkpoint, preset
 from fusionrt.parity import fusion_feed
+from fusionrt.parity.heldout import HeldoutEvaluator
 from fusionrt.runtime import Bundle, Session
 from fusionrt.runtime.auto import machine_fingerprint
-from fusionrt.runtime.timing import medians, time_in_blocks
 
 SHAPES = ((1, 16, 8), (8, 16, 8))
 NAMES = ("input_ids", "text_mask", "visual_feats", "visual_mask")

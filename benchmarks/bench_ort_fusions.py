@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fusionrt.bench.timing import medians, time_blocks
 from fusionrt.parity import fusion_feed
 from fusionrt.runtime import Bundle
 from fusionrt.runtime.backends.onnxrt import session_from_onnx
-from fusionrt.runtime.timing import medians, time_in_blocks
 
 
 def main() -> None:
@@ -53,8 +53,8 @@ def main() -> None:
         for batch in (1, 8):
             feed = fusion_feed(graph, batch, 16, 8, np.random.default_rng(batch))
             feed["text_mask"][:] = feed["visual_mask"][:] = True
-            ms[str(batch)] = medians(time_in_blocks({k: (lambda s=s, f=feed: s.run(None, f))
-                                                     for k, s in sessions.items()}, blocks=10, calls_per_block=20))
+            ms[str(batch)] = medians(time_blocks({k: (lambda s=s, f=feed: s.run(None, f)) for k, s in sessions.items()},
+                                                 runs=200, warmup=3, block=20))
     print(json.dumps({"fused": fused, "attention_ops": {k: ops[k] for k in ("Attention", "MultiHeadAttention",
                                                                             "Softmax")},
                       "max_abs_difference": worst, "ms": ms}, indent=1))

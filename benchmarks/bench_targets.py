@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from fusionrt.bench import BenchConfig, bench_feed, format_table, run_bench
+from fusionrt.bundle.transaction import update_manifest
 from fusionrt.calibration import CPU, collect_ranges, write_qdq
-from fusionrt.calibration.manifest import update_manifest
 from fusionrt.data.tokenizer import train_tokenizer
 from fusionrt.export import export_onnx
 from fusionrt.model import FusionModel, preset

@@ -60,7 +60,7 @@ def fusionrt(*args: str, timeout: float = 600) -> dict[str, Any]:
 def probe() -> dict[str, Any]:
     facts: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform()}
     try:
-        from fusionrt.engine.device import cuda_device
+        from fusionrt.runtime.backends.tensorrt.device import cuda_device
 
         facts["cuda_device"] = cuda_device().to_dict()
     except Exception as exc:  # no cuda-python, no driver, no device: all mean "no device for TensorRT"

@@ -22,7 +22,7 @@ from typing import Any
 
 from bench_int8 import feeds, log, measure, ort_fn
 
-from fusionrt.calibration.budget import HeldoutEvaluator
+from fusionrt.parity.heldout import HeldoutEvaluator
 from fusionrt.progress import progress_for
 from fusionrt.runtime import Bundle
 

@@ -14,10 +14,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fusionrt.bundle.manifest import is_bundle
 from fusionrt.data.detector import detect_regions
 from fusionrt.data.images import load_image
 from fusionrt.data.tokenizer import QuestionEncoder
 from fusionrt.errors import InputError, NoObjectsError
+from fusionrt.runtime import Bundle, BundleError, Session
 
 # The shipped checkpoint exported, verified and packaged (scripts/make_small_bundle.py writes it): the
 # default model of the Answerer. Its manifest records the sha256 of every checkpoint file it came from.
@@ -75,8 +77,6 @@ class BundlePipeline:
 
     def __init__(self, bundle: str | Path, backend: str = "onnxruntime", precision: str = "fp32",
                  **options: Any) -> None:
-        from fusionrt.runtime import Bundle, Session
-
         opened = Bundle.open(bundle)  # verified once, shared by both sessions
         self.bundle = opened
         # A quantized bundle maps every precision of the region encoder to its fp32 file.
@@ -86,8 +86,6 @@ class BundlePipeline:
         self.questions = QuestionEncoder.from_file(opened.file("tokenizer.json"), int(opened.model["max_text_len"]))
         self.answers = json.loads(opened.file("answers.json").read_text())
         if not isinstance(self.answers, list) or len(self.answers) != int(opened.model["num_answers"]):
-            from fusionrt.runtime import BundleError
-
             raise BundleError("answers.json", f"a list of {opened.model['num_answers']} answers",
                               f"{self.answers!r:.80}")
 
@@ -117,8 +115,6 @@ class Answerer:
     """
 
     def __init__(self, model_or_bundle: Any = None, backend: str = "onnxruntime", precision: str = "fp32") -> None:
-        from fusionrt.runtime.bundle import is_bundle
-
         if model_or_bundle is None:
             model_or_bundle = SHIPPED_BUNDLE
         if isinstance(model_or_bundle, str | Path) and is_bundle(model_or_bundle):

@@ -35,3 +35,15 @@ class NoObjectsError(InputError):
 
 class CheckpointError(FusionrtError):
     """A checkpoint directory is missing files, has a bad config, or has mismatched weights."""
+
+
+class BundleError(DescribedError):
+    """A bundle directory is incomplete, altered, of a newer schema, or holds a graph that cannot be loaded."""
+
+
+class BackendError(DescribedError):
+    """A backend is unknown, not installed, or cannot run what was asked of it."""
+
+
+class SessionClosedError(BackendError):
+    """A Session (or Runner) was closed: it refuses to run rather than silently reloading its graph."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -49,3 +50,14 @@ def atomic_write_bytes(target: str | Path, data: bytes) -> Path:
 
 def atomic_write_json(target: str | Path, value: Any) -> Path:
     return atomic_write_bytes(target, (json.dumps(value, indent=2, sort_keys=False) + "\n").encode())
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as the strings "inf" / "-inf" / "nan": strict JSON has no Infinity."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value

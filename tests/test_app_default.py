@@ -32,7 +32,7 @@ def _scenes(count, start=700):
 
 
 def test_packaged_bundle_verifies_and_comes_from_the_shipped_checkpoint():
-    from fusionrt.export.source import checkpoint_files_sha256
+    from fusionrt.bundle.source import checkpoint_files_sha256
     from fusionrt.model import SHIPPED_CHECKPOINT
 
     bundle = Bundle.open(SHIPPED_BUNDLE)  # checks every file's size and sha256

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from fusionrt.calibration import CalibrationError, QuantizationError, collect_ranges
-from fusionrt.calibration.budget import Budget, Measurement
 from fusionrt.calibration.qdq import CPU, TENSORRT, quantizable_nodes, write_qdq
 from fusionrt.calibration.ranges import Ranges, parse_trt_cache, trt_calibration_cache, validate_ranges
 from fusionrt.calibration.samples import CalibrationSet, load_directory, load_npz, validate
@@ -21,6 +20,7 @@ from fusionrt.errors import FusionrtError
 from fusionrt.export import export_onnx
 from fusionrt.model import FusionConfig, FusionModel
 from fusionrt.parity import fusion_feed
+from fusionrt.parity.budgets import Budget, Measurement
 from fusionrt.runtime import Bundle
 
 TINY = FusionConfig(vocab_size=50, hidden=32, layers=2, heads=4, ffn=64, visual_dim=12, num_answers=7,

@@ -18,13 +18,19 @@ import numpy as np
 import pytest
 import torch
 
+from fusionrt.bundle.transaction import (
+    FAULT_POINTS,
+    JOURNAL_FILE,
+    LOCK_FILE,
+    BundleLockedError,
+    BundleTransaction,
+    update_manifest,
+)
 from fusionrt.calibration import calibrate
-from fusionrt.calibration.manifest import BundleTransaction, update_manifest
 from fusionrt.data.world import ANSWERS
 from fusionrt.export import export_checkpoint
 from fusionrt.model import Checkpoint, FusionConfig, FusionModel, RegionEncoder, save_checkpoint
 from fusionrt.runtime import Bundle
-from fusionrt.runtime.transaction import FAULT_POINTS, JOURNAL_FILE, LOCK_FILE, BundleLockedError
 
 REPO = Path(__file__).resolve().parent.parent
 KILLED = -signal.SIGKILL
@@ -160,7 +166,7 @@ def test_a_second_process_cannot_interleave(bundle):
     """A writer process sleeping inside its transaction holds the lock: ours waits, then sees its result."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "FUSIONRT_FAULT_POINT": "files-written:sleep",
            "FUSIONRT_FAULT_SLEEP": "2"}
-    code = ("import sys; from fusionrt.calibration.manifest import update_manifest; "
+    code = ("import sys; from fusionrt.bundle.transaction import update_manifest; "
             "update_manifest(sys.argv[1], sections={'writer': 'first'})")
     first = subprocess.Popen([sys.executable, "-c", code, str(bundle)], env=env)
     try:

@@ -14,11 +14,11 @@ from fakes.fake_tensorrt import PLAN_MAGIC, fake_build_plan, make_fake_tensorrt
 from fusionrt.cli import main
 from fusionrt.engine.build import BuildEnvironment, build_engines
 from fusionrt.engine.config import BuildOptions, create_config
-from fusionrt.engine.device import cuda_device
-from fusionrt.engine.entries import engine_entries
-from fusionrt.engine.profiles import default_profile, parse_spec, profiles_for
 from fusionrt.errors import InputError
 from fusionrt.runtime import Bundle, BundleError
+from fusionrt.runtime.backends.tensorrt.device import cuda_device
+from fusionrt.runtime.backends.tensorrt.entries import engine_entries
+from fusionrt.runtime.backends.tensorrt.profiles import default_profile, parse_spec, profiles_for
 
 
 @pytest.fixture(scope="module")
@@ -161,9 +161,9 @@ def test_engines_dir_linked_out_of_the_bundle_is_refused(copy, tmp_path):
 
 
 def test_cli_build_reports_size_time_profiles_and_the_cross_check(copy, capsys, monkeypatch):
-    import fusionrt.engine.build as build
+    import fusionrt.cli.build as cli_build
 
-    monkeypatch.setattr(build, "require_build_environment", fake_environment)
+    monkeypatch.setattr(cli_build, "require_build_environment", fake_environment)  # the name the command calls
     assert main(["build", str(copy), "--precision", "fp32", "--graph", "fusion", "--profiles", "B=1:1:4",
                  "--profiles", "B=5:8:16", "--opt-level", "2", "-q"]) == 0
     out = capsys.readouterr().out
@@ -178,7 +178,7 @@ def test_cli_build_reports_size_time_profiles_and_the_cross_check(copy, capsys, 
 def test_polygraphy_path_without_tensorrt_is_a_build_error_on_one_line(bundle):
     """The real Polygraphy loaders: without TensorRT they stop at their lazy import."""
     from fusionrt.engine.build import polygraphy_build_plan
-    from fusionrt.engine.errors import BuildError
+    from fusionrt.runtime.backends.tensorrt.errors import BuildError
 
     try:
         import tensorrt  # noqa: F401
@@ -197,7 +197,7 @@ def test_parser_errors_logged_by_polygraphy_end_up_in_the_build_error(bundle, mo
     from polygraphy.logger import G_LOGGER
 
     from fusionrt.engine.build import polygraphy_build_plan
-    from fusionrt.engine.errors import BuildError
+    from fusionrt.runtime.backends.tensorrt.errors import BuildError
 
     class FailingBuild:
         def __init__(self, network, config=None, save_timing_cache=None):

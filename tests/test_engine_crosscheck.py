@@ -10,8 +10,8 @@ import pytest
 from fakes.bundles import export_tiny_bundle
 
 from fusionrt.engine.crosscheck import polygraphy_command
-from fusionrt.engine.profiles import parse_spec, profiles_for
 from fusionrt.runtime import Bundle
+from fusionrt.runtime.backends.tensorrt.profiles import parse_spec, profiles_for
 
 POLYGRAPHY = shutil.which("polygraphy") or str(Path(sys.executable).parent / "polygraphy")
 

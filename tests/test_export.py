@@ -11,13 +11,13 @@ import torch
 from torch import nn
 
 from fusionrt.app import Answerer, BundlePipeline, TorchPipeline
+from fusionrt.bundle.manifest import sha256_file
 from fusionrt.data.questions import questions_for
 from fusionrt.data.world import generate_scene, render, split_seeds
 from fusionrt.export import ExportError, VerificationError, export_checkpoint, export_onnx
 from fusionrt.model import SHIPPED_CHECKPOINT, FusionConfig, FusionModel
 from fusionrt.parity import fusion_feed
 from fusionrt.runtime import Bundle, Session
-from fusionrt.runtime.bundle import sha256_file
 
 TINY = FusionConfig(vocab_size=50, hidden=32, layers=2, heads=4, ffn=64, visual_dim=12, num_answers=7,
                     max_text_len=16, max_visual_len=8)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from hardening_support import export_tiny, shared_bundle, tiny_model
 
-from fusionrt.calibration.manifest import BundleTransaction
+from fusionrt.bundle.transaction import BundleTransaction
 from fusionrt.runtime import Bundle
 
 

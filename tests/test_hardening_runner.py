@@ -6,8 +6,8 @@ import time
 import pytest
 from hardening_support import feed, shared_bundle
 
+from fusionrt.errors import BackendError, SessionClosedError
 from fusionrt.runtime import BACKENDS, Session
-from fusionrt.runtime.errors import BackendError, SessionClosedError
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from fusionrt.calibration.manifest import update_manifest
+from fusionrt.bundle.transaction import update_manifest
 from fusionrt.calibration.qdq import CPU, TENSORRT, write_qdq
 from fusionrt.calibration.ranges import collect_ranges
 from fusionrt.export import export_onnx
@@ -108,7 +108,7 @@ def test_missing_package_is_a_backend_error(bundle, monkeypatch):
 def test_a_file_openvino_cannot_read_is_a_bundle_error(bundle, tmp_path):
     import shutil
 
-    from fusionrt.calibration.manifest import file_entry
+    from fusionrt.bundle.transaction import file_entry
 
     copy = shutil.copytree(bundle, tmp_path / "copy")
     data = (copy / "fusion.onnx").read_bytes()

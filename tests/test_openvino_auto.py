@@ -11,12 +11,12 @@ import shutil
 import numpy as np
 import pytest
 
-from fusionrt.calibration import choose
-from fusionrt.calibration.budget import Budget
+from fusionrt.bench import tune as choose
 from fusionrt.cli import main
 from fusionrt.data.world import generate_scene, render
 from fusionrt.export import export_checkpoint
 from fusionrt.parity import fusion_feed
+from fusionrt.parity.budgets import Budget
 from fusionrt.runtime import Bundle, BundleError, Session
 from fusionrt.runtime.auto import machine_fingerprint
 
@@ -103,7 +103,7 @@ def test_auto_without_a_recorded_choice_says_how_to_make_one(tuned, tmp_path):
 
 
 def test_a_choice_from_another_machine_is_flagged(tuned, tmp_path):
-    from fusionrt.calibration.manifest import update_manifest
+    from fusionrt.bundle.transaction import update_manifest
 
     bundle, section = tuned
     copy = shutil.copytree(bundle, tmp_path / "copy")

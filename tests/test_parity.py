@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from fusionrt.bundle.manifest import sha256_file
 from fusionrt.cli import main
 from fusionrt.data.world import ANSWERS
 from fusionrt.errors import InputError
@@ -28,7 +29,6 @@ from fusionrt.parity import (
 )
 from fusionrt.progress import Progress
 from fusionrt.runtime import Bundle, Session
-from fusionrt.runtime.bundle import sha256_file
 
 SPEC = fusion_spec(vocab_size=50, visual_dim=12, hidden=32, num_answers=7, max_text_len=16, max_visual_len=8,
                    max_batch=64)
@@ -194,7 +194,7 @@ def test_gates_for_fp32_are_the_strict_numeric_ones(bundle):
 
 
 def test_gates_for_a_reduced_precision_come_from_the_manifest_budget(bundle, tmp_path):
-    from fusionrt.calibration.budget import BUDGETS
+    from fusionrt.parity.budgets import BUDGETS
 
     recorded = {"int8": {"graphs": {"int8": {"heldout": {"budget": {"max_drop_points": 0.37, "min_agreement": 0.93}}}}},
                 "fp16": {"heldout": {"budget": {"max_drop_points": 0.11, "min_agreement": 0.991}}}}

@@ -140,7 +140,7 @@ def test_a_failing_gate_stops_with_exit_1_naming_it(copy, tmp_path, capsys, monk
 
 def _forget_report(bundle):
     """Drop the report stage's record, so a rerun redoes only that (cheap) stage."""
-    from fusionrt.calibration.manifest import update_manifest
+    from fusionrt.bundle.transaction import update_manifest
 
     section = Bundle.open(bundle).manifest["pipeline"]
     del section["stages"]["report"]

@@ -364,8 +364,8 @@ def test_cli_calibrate_from_dir_quantize_and_ask(quantized, tmp_path, capsys):
 
 
 def test_cli_budget_miss_exits_1_with_a_report(quantized, tmp_path, monkeypatch, capsys):
-    from fusionrt.calibration import budget as budget_module
     from fusionrt.cli import main
+    from fusionrt.parity import budgets as budget_module
 
     copy = Path(shutil.copytree(quantized["path"], tmp_path / "copy"))
     before = (copy / "manifest.json").read_bytes()
@@ -380,7 +380,7 @@ def test_cli_budget_miss_exits_1_with_a_report(quantized, tmp_path, monkeypatch,
 
 
 def test_the_cpu_graph_is_held_to_its_own_budget(quantized, tmp_path, monkeypatch):
-    from fusionrt.calibration import budget as budget_module
+    from fusionrt.parity import budgets as budget_module
 
     copy = Path(shutil.copytree(quantized["path"], tmp_path / "copy"))
     monkeypatch.setitem(budget_module.BUDGETS, "int8-cpu", Budget(max_drop_points=-50.0, min_agreement=1.0))

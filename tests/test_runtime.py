@@ -245,7 +245,7 @@ def test_unlisted_precision_file_is_named_in_the_error(copy):
 
 def test_listed_precision_is_loaded(copy):
     """A later precision is one more manifest entry: fusion.{precision}.onnx, hashed like the others."""
-    from fusionrt.runtime.bundle import sha256_file
+    from fusionrt.bundle.manifest import sha256_file
 
     shutil.copy(copy / "fusion.onnx", copy / "fusion.fp16.onnx")
     manifest = json.loads((copy / "manifest.json").read_text())
@@ -281,7 +281,7 @@ def test_truncated_onnx_file_fails_the_size_check(copy):
 
 def test_truncated_onnx_file_with_a_matching_manifest_is_refused_on_load(copy):
     """Hashes only prove the file is the one exported; a file that was broken at export still must not crash."""
-    from fusionrt.runtime.bundle import sha256_file
+    from fusionrt.bundle.manifest import sha256_file
 
     data = (copy / "fusion.onnx").read_bytes()
     (copy / "fusion.onnx").write_bytes(data[: len(data) // 3])

@@ -18,8 +18,10 @@ LISTINGS = Path(__file__).parent / "data" / "trt-api"
 FULL = ("trt_10.3.0_full_stubbed.txt", "trt_11.4.0.106_full_stubbed.txt")
 LEAN = ("trt_lean_10.15.1.29.txt", "trt_lean_11.4.0.106.txt")
 PACKAGE = Path(fusionrt.__file__).parent
-ENGINE_CODE = sorted((PACKAGE / "engine").glob("*.py"))
-BACKEND_CODE = [PACKAGE / "runtime" / "backends" / "tensorrt.py"]
+TENSORRT_BACKEND = PACKAGE / "runtime" / "backends" / "tensorrt"
+BACKEND_CODE = [TENSORRT_BACKEND / "runner.py"]
+# The builder and what the runner stands on (cuda, device, versions, entries, profiles) need the full TensorRT.
+ENGINE_CODE = sorted([*(PACKAGE / "engine").glob("*.py"), *(set(TENSORRT_BACKEND.glob("*.py")) - set(BACKEND_CODE))])
 # variables holding TensorRT objects -> their class in the listings
 ROLES = {"engine": "ICudaEngine", "context": "IExecutionContext", "runtime": "Runtime"}
 

@@ -8,9 +8,9 @@ import pytest
 from fakes.fake_cudart import FakeCudart
 from fakes.fake_tensorrt import fake_build_plan, make_fake_tensorrt
 
-import fusionrt.runtime.backends.tensorrt as backend
+import fusionrt.runtime.backends.tensorrt.runner as backend
 from fusionrt.engine.build import BuildEnvironment, build_engines
-from fusionrt.engine.device import cuda_device
+from fusionrt.runtime.backends.tensorrt.device import cuda_device
 
 
 @pytest.fixture(scope="module")

@@ -13,15 +13,15 @@ from fakes.bundles import export_tiny_bundle
 from fakes.fake_cudart import FakeCudart
 from fakes.fake_tensorrt import fake_build_plan, make_fake_tensorrt
 
-import fusionrt.runtime.backends.tensorrt as backend
-from fusionrt.calibration.manifest import update_manifest
+import fusionrt.runtime.backends.tensorrt.runner as backend
+from fusionrt.bundle.transaction import update_manifest
 from fusionrt.engine.build import BuildEnvironment, build_engines
 from fusionrt.engine.config import BuildOptions
-from fusionrt.engine.device import cuda_device
-from fusionrt.engine.entries import SECTION
-from fusionrt.engine.profiles import parse_spec
 from fusionrt.parity import fusion_feed
 from fusionrt.runtime import BackendError, Bundle, Session
+from fusionrt.runtime.backends.tensorrt.device import cuda_device
+from fusionrt.runtime.backends.tensorrt.entries import SECTION
+from fusionrt.runtime.backends.tensorrt.profiles import parse_spec
 
 BUCKETS = [parse_spec("B=1:1:4"), parse_spec("B=5:8:8")]  # B 9..16 is in the manifest but in no profile
 

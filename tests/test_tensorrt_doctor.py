@@ -9,7 +9,7 @@ from fakes.fake_tensorrt import fake_build_plan, make_fake_tensorrt
 
 from fusionrt.cli import main
 from fusionrt.engine.build import BuildEnvironment, build_engines
-from fusionrt.engine.device import cuda_device
+from fusionrt.runtime.backends.tensorrt.device import cuda_device
 from fusionrt.runtime.doctor import tensorrt_engines
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from fusionrt.bench.timing import median_ms
+from fusionrt.runtime.backends.onnxrt import import_onnxruntime
 
 FMA_PIPES_PER_CORE = 2  # Zen 2-4, Skylake-SP and later: two 256/512-bit FMA pipes (assumption, not detectable)
 
@@ -92,7 +93,6 @@ def _matmul_session(dtype: str, threads: int | None) -> Any:
     import onnx
     from onnx import TensorProto, helper
 
-    from fusionrt.runtime.backends.onnxrt import import_onnxruntime
 
     ort = import_onnxruntime()
     if dtype == "float32":

@@ -13,12 +13,17 @@ from typing import Any
 
 import numpy as np
 
+from fusionrt.app import BundlePipeline
 from fusionrt.bench.cost import graph_cost
 from fusionrt.bench.peak import cpu_name, measured_gemm_rate, paper_peak
 from fusionrt.bench.timing import concurrent_throughput, latency_stats, time_blocks
+from fusionrt.bundle.manifest import Bundle
+from fusionrt.data.detector import detect_regions
+from fusionrt.data.questions import questions_for
+from fusionrt.data.world import generate_scene, render, split_seeds
 from fusionrt.errors import FusionrtError, InputError
+from fusionrt.parity.grid import fusion_feed
 from fusionrt.progress import SILENT, Progress
-from fusionrt.runtime.bundle import Bundle
 from fusionrt.runtime.session import Session
 
 BASELINE = ("torch", "fp32")
@@ -65,8 +70,6 @@ def parse_shape(text: str) -> tuple[int, int, int]:
 
 def bench_feed(bundle: Bundle, batch: int, text: int, visual: int) -> dict[str, np.ndarray]:
     """A real-looking batch: rows padded differently, no fully masked row (those are parity's job)."""
-    from fusionrt.parity.grid import fusion_feed
-
     spec = bundle.graph("fusion")
     for symbol, size in (("B", batch), ("T", text), ("M", visual)):
         if not spec.dims[symbol].min <= size <= spec.dims[symbol].max:
@@ -147,10 +150,6 @@ def app_latency(bundle: Bundle, scenes: int = 20, threads: int | None = None) ->
     median milliseconds per stage over ``scenes`` rendered scenes, one question each, through the bundle."""
     import time
 
-    from fusionrt.app import BundlePipeline
-    from fusionrt.data.detector import detect_regions
-    from fusionrt.data.questions import questions_for
-    from fusionrt.data.world import generate_scene, render, split_seeds
 
     options = {"threads": threads} if threads else {}
     pipeline = BundlePipeline(bundle.path, **options)

@@ -52,6 +52,11 @@ def time_blocks(candidates: Mapping[str, Callable[[], Any]], runs: int, warmup: 
     return times
 
 
+def medians(times: Mapping[str, list[float]]) -> dict[str, float]:
+    """The median of each candidate's timed calls."""
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def concurrent_throughput(fn: Callable[[], Any], threads: int, calls_per_thread: int) -> dict[str, float]:
     """Calls per second with ``threads`` caller threads each making ``calls_per_thread`` calls of ``fn``."""
     errors: list[BaseException] = []

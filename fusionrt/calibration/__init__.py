@@ -10,12 +10,13 @@ only within its accuracy budget against the fp32 PyTorch model on held-out scene
 
 from fusionrt.calibration.api import calibrate, fp32_keep_set, load_calibration, quantize_fp16, quantize_int8
 from fusionrt.calibration.autocast import Thresholds
-from fusionrt.calibration.budget import BUDGETS, Budget, HeldoutEvaluator, Measurement
 from fusionrt.calibration.errors import BudgetExceededError, CalibrationError, QuantizationError
 from fusionrt.calibration.fp16 import convert_mixed_precision
 from fusionrt.calibration.qdq import CPU, RECIPES, TENSORRT, Recipe, write_qdq
 from fusionrt.calibration.ranges import DEFAULT_METHOD, METHODS, Ranges, collect_ranges, trt_calibration_cache
 from fusionrt.calibration.samples import CalibrationSet, draw_scenes, load_directory
+from fusionrt.parity.budgets import BUDGETS, Budget, Measurement
+from fusionrt.parity.heldout import HeldoutEvaluator
 
 __all__ = [
     "BUDGETS", "CPU", "DEFAULT_METHOD", "METHODS", "RECIPES", "TENSORRT", "Budget", "BudgetExceededError",

@@ -17,6 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fusionrt.bundle.manifest import Bundle, graph_filename
+from fusionrt.bundle.spec import FUSION, REGION_ENCODER
+from fusionrt.bundle.transaction import BundleTransaction
 from fusionrt.calibration import polygraphy_loader
 from fusionrt.calibration.autocast import (
     DEFAULT_THRESHOLDS,
@@ -25,10 +28,8 @@ from fusionrt.calibration.autocast import (
     fp32_nodes,
     stats_feeds,
 )
-from fusionrt.calibration.budget import BUDGETS, DEFAULT_HELDOUT_SCENES, Budget, HeldoutEvaluator
 from fusionrt.calibration.errors import BudgetExceededError, CalibrationError, QuantizationError
 from fusionrt.calibration.fp16 import convert_mixed_precision
-from fusionrt.calibration.manifest import BundleTransaction
 from fusionrt.calibration.qdq import CPU, TENSORRT, Recipe, write_qdq
 from fusionrt.calibration.ranges import DEFAULT_METHOD, DEFAULT_PERCENTILE, Ranges, collect_ranges
 from fusionrt.calibration.samples import (
@@ -42,9 +43,9 @@ from fusionrt.calibration.samples import (
     validate,
 )
 from fusionrt.io import atomic_write_json
+from fusionrt.parity.budgets import BUDGETS, Budget
+from fusionrt.parity.heldout import DEFAULT_HELDOUT_SCENES, HeldoutEvaluator
 from fusionrt.progress import SILENT, Progress
-from fusionrt.runtime.bundle import Bundle, graph_filename
-from fusionrt.runtime.spec import FUSION, REGION_ENCODER
 
 POLYGRAPHY_LOADER_FILE = "polygraphy_loader.py"
 RANGES_FILE = "fusion.int8.ranges.json"

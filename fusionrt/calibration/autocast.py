@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from fusionrt.calibration.errors import CalibrationError
+from fusionrt.calibration.polygraphy_loader import batches
 
 SQUARING_OPS = ("LayerNormalization", "Pow", "ReduceSumSquare")
 SUM_REDUCTIONS = ("ReduceSum", "ReduceMean", "ReduceSumSquare", "ReduceL2", "ReduceLogSumExp")
@@ -176,7 +177,5 @@ def stats_feeds(data: Any, batch: int = 16) -> Iterator[dict[str, np.ndarray]]:
     """The feeds the keep-set is measured on: each sample of the :class:`CalibrationSet` ``data`` at its own
     length (as the INT8 ranges see them), then the set in padded batches of ``batch`` rows, as a server runs
     them: only in padded batches do the mask fill and padded positions flow through the graph."""
-    from fusionrt.calibration.polygraphy_loader import batches
-
     yield from data.feeds()
     yield from batches(data.arrays(), batch)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from fusionrt.calibration.errors import QuantizationError
+from fusionrt.io import atomic_path
 
 DTYPES = ("float16", "bfloat16")
 FP16_MAX = float(np.finfo(np.float16).max)
@@ -155,7 +156,6 @@ def convert_mixed_precision(fp32_path: str | Path, out_path: str | Path, *, dtyp
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    from fusionrt.io import atomic_path
 
     if dtype not in DTYPES:
         raise QuantizationError("dtype", f"one of {list(DTYPES)}", repr(dtype))

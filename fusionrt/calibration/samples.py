@@ -15,11 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
+from fusionrt.bundle.manifest import Bundle, sha256_file
+from fusionrt.bundle.spec import GraphSpec
 from fusionrt.calibration.errors import CalibrationError
+from fusionrt.data.dataset import build_qa_set
+from fusionrt.data.tokenizer import QuestionEncoder
+from fusionrt.data.world import split_seeds
 from fusionrt.io import atomic_path
+from fusionrt.parity.scenes import encode_scene_regions
 from fusionrt.progress import SILENT, Progress
-from fusionrt.runtime.bundle import Bundle, sha256_file
-from fusionrt.runtime.spec import GraphSpec
 from fusionrt.runtime.validate import FeedValidator
 
 KEYS = ("input_ids", "text_mask", "visual_feats", "visual_mask")
@@ -172,11 +176,6 @@ def draw_scenes(bundle: Bundle, samples: int = DEFAULT_SAMPLES, start: int = 0, 
                 progress: Progress = SILENT) -> CalibrationSet:
     """``samples`` questions, one per calibration scene, pre-processed as the Answerer does (region encoder of
     the bundle on onnxruntime at fp32, the bundle's tokenizer); question kinds drawn at random per scene."""
-    from fusionrt.data.dataset import build_qa_set
-    from fusionrt.data.tokenizer import QuestionEncoder
-    from fusionrt.data.world import split_seeds
-    from fusionrt.parity.scenes import encode_scene_regions
-
     if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
         raise CalibrationError("samples", "a positive integer", repr(samples))
     questions = QuestionEncoder.from_file(bundle.file("tokenizer.json"), int(bundle.model["max_text_len"]))

@@ -16,17 +16,17 @@ from typing import Any
 
 import numpy as np
 
-from fusionrt.calibration.budget import Budget, HeldoutEvaluator
 from fusionrt.calibration.errors import BudgetExceededError
 from fusionrt.calibration.qdq import Recipe, quantizable_nodes, write_qdq
 from fusionrt.calibration.ranges import Ranges
+from fusionrt.parity.budgets import Budget
+from fusionrt.parity.heldout import HeldoutEvaluator
 from fusionrt.progress import SILENT, Progress
+from fusionrt.runtime.backends.onnxrt import session_from_onnx
 
 
 def latency_ms(onnx_path: str | Path, feed: dict[str, np.ndarray], runs: int = 20, threads: int | None = None) -> float:
     """Median latency of one ORT CPU run on ``feed`` after 3 warm-up runs (for the cost of exclusions)."""
-    from fusionrt.runtime.backends.onnxrt import session_from_onnx
-
     session = session_from_onnx(onnx_path, providers=["CPUExecutionProvider"], threads=threads)
     for _ in range(3):
         session.run(None, feed)

@@ -7,6 +7,7 @@ import argparse
 import importlib
 import sys
 
+from fusionrt import __version__
 from fusionrt.errors import FusionrtError
 
 DESCRIPTION = "Train, export, quantize, run and check a vision-text fusion model (ONNX Runtime, TensorRT)."
@@ -28,8 +29,6 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fusionrt import __version__
-
     parser = argparse.ArgumentParser(prog="fusionrt", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"fusionrt {__version__}")

@@ -6,12 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from fusionrt.app import Answerer
+from fusionrt.bundle.manifest import Bundle, is_bundle
+from fusionrt.bundle.spec import PRECISIONS
+from fusionrt.cli.output import add_json_option, write_json
+from fusionrt.runtime.session import BACKENDS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from fusionrt.cli.output import add_json_option
-    from fusionrt.runtime.session import BACKENDS
-    from fusionrt.runtime.spec import PRECISIONS
-
     parser = subparsers.add_parser("ask", help="answer a question about a scene image")
     parser.add_argument("image", help="128x128 RGB image file")
     parser.add_argument("question", help='e.g. "How many red objects are there?"')
@@ -30,21 +32,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fusionrt.app import Answerer
-    from fusionrt.cli.output import write_json
-
     if args.checkpoint is not None:
         if args.backend is not None:
             print("fusionrt ask: note: --backend applies to a bundle; a checkpoint runs on torch", file=sys.stderr)
         answerer = Answerer(Path(args.checkpoint), precision=args.precision)
     else:
-        if args.bundle is not None:
-            from fusionrt.runtime.bundle import is_bundle
-
-            if not is_bundle(args.bundle):
-                from fusionrt.runtime import Bundle
-
-                Bundle.open(args.bundle)  # raises BundleError saying what is missing
+        if args.bundle is not None and not is_bundle(args.bundle):
+            Bundle.open(args.bundle)  # raises BundleError saying what is missing
         answerer = Answerer(args.bundle, backend=args.backend or "onnxruntime", precision=args.precision)
     probs = answerer.probabilities(args.image, args.question)
     ranked = sorted(probs.items(), key=lambda item: -item[1])[: max(1, args.top)]

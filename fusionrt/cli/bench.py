@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import argparse
 
+from fusionrt.bench import DEFAULT_SHAPES, BenchConfig, format_table, parse_shape, run_bench
+from fusionrt.bench.tune import choose_path
+from fusionrt.cli.output import add_json_option, write_json
+from fusionrt.cli.tune import table
+from fusionrt.io import json_safe
+from fusionrt.progress import progress_for
+from fusionrt.runtime.session import BACKENDS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from fusionrt.runtime.session import BACKENDS
-
     parser = subparsers.add_parser("bench", help="latency test run of a bundle (ratios against PyTorch eager)")
     parser.add_argument("bundle", help="bundle directory")
     parser.add_argument("--backends", nargs="+", default=["onnxruntime"], choices=sorted(BACKENDS),
@@ -28,33 +34,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "in the manifest for precision='auto' (what `fusionrt tune` does)")
     parser.add_argument("--auto-heldout-scenes", type=int, default=None, metavar="N",
                         help="with --auto: held-out scenes for each path's budget (default: fusionrt tune's)")
-    from fusionrt.cli.output import add_json_option
 
     add_json_option(parser, "the full report")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from fusionrt.bench import DEFAULT_SHAPES, BenchConfig, format_table, parse_shape, run_bench
-    from fusionrt.cli.output import write_json
-    from fusionrt.parity.report import json_safe
-    from fusionrt.progress import progress_for
-
     shapes = [parse_shape(s) for s in args.shapes] if args.shapes else list(DEFAULT_SHAPES)
     config = BenchConfig(backends=args.backends, precisions=args.precisions, shapes=shapes, sweep=args.sweep,
                          runs=args.runs, threads=args.threads, concurrency=args.concurrency, app=not args.no_app)
     report = run_bench(args.bundle, config, progress_for(args.quiet))
     if args.auto:
-        from fusionrt.calibration.choose import choose_path
-
         scenes = {"heldout_scenes": args.auto_heldout_scenes} if args.auto_heldout_scenes else {}
         report["auto"] = choose_path(args.bundle, threads=args.threads, progress=progress_for(args.quiet), **scenes)
     if write_json(args.json, json_safe(report)):
         return 0
     print(format_table(report))
     if args.auto:
-        from fusionrt.cli.tune import table
-
         choice = report["auto"]
         print("\n".join(["path choice (recorded in manifest.json 'auto'):", *table(choice)]))
     return 0

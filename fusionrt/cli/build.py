@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from fusionrt.bundle.manifest import Bundle
+from fusionrt.engine.build import build_engines, require_build_environment
+from fusionrt.engine.config import DEFAULT_OPT_LEVEL, DEFAULT_WORKSPACE_MB, BuildOptions
+from fusionrt.engine.crosscheck import command_text, polygraphy_command
+from fusionrt.progress import progress_for
+from fusionrt.runtime.backends.tensorrt.profiles import ShapeProfile, parse_spec
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("build", help="build TensorRT engines of a bundle (needs TensorRT and a GPU)")
@@ -25,12 +32,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fusionrt.engine.build import build_engines, require_build_environment
-    from fusionrt.engine.config import DEFAULT_OPT_LEVEL, DEFAULT_WORKSPACE_MB, BuildOptions
-    from fusionrt.engine.crosscheck import command_text, polygraphy_command
-    from fusionrt.engine.profiles import parse_spec
-    from fusionrt.progress import progress_for
-
     specs = [parse_spec(text) for text in args.profiles]
     options = BuildOptions(
         workspace_mb=DEFAULT_WORKSPACE_MB if args.workspace_mb is None else args.workspace_mb,
@@ -40,8 +41,6 @@ def run(args: argparse.Namespace) -> int:
     environment = require_build_environment()  # before anything is read or written
     built = build_engines(args.bundle, args.precision, graphs=args.graph, profile_specs=specs, options=options,
                           progress=progress_for(args.quiet), environment=environment)
-    from fusionrt.engine.profiles import ShapeProfile
-    from fusionrt.runtime.bundle import Bundle
 
     bundle = Bundle.open(args.bundle, verify=False)
     for engine in built:

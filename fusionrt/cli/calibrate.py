@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
+from fusionrt.calibration import calibrate
+from fusionrt.calibration.samples import DEFAULT_SAMPLES, MIN_SAMPLES
+from fusionrt.cli.output import add_json_option, write_json
+from fusionrt.progress import progress_for
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from fusionrt.calibration.samples import DEFAULT_SAMPLES, MIN_SAMPLES
-
     parser = subparsers.add_parser("calibrate", help="draw calibration samples from real scenes into a bundle")
     parser.add_argument("bundle", help="bundle directory written by `fusionrt export`")
     parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
@@ -16,17 +19,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--from", dest="from_dir", default=None, metavar="DIR",
                         help="use the npz feeds in DIR (keys input_ids, text_mask, visual_feats, visual_mask)")
     parser.add_argument("--min-samples", type=int, default=MIN_SAMPLES, help=f"default {MIN_SAMPLES}")
-    from fusionrt.cli.output import add_json_option
 
     add_json_option(parser, "the calibration record")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from fusionrt.calibration import calibrate
-    from fusionrt.cli.output import write_json
-    from fusionrt.progress import progress_for
-
     progress = progress_for(args.quiet)
     record = calibrate(args.bundle, samples=args.samples, from_dir=args.from_dir, min_samples=args.min_samples,
                        progress=progress)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from fusionrt.cli.output import add_json_option, write_json
+from fusionrt.runtime.doctor import diagnose, render
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("doctor", help="report backends, versions, providers, GPUs, TensorRT engines")
-    from fusionrt.cli.output import add_json_option
 
     add_json_option(parser, "the report")
     parser.add_argument("--no-torch", action="store_true", help="do not import torch (faster)")
@@ -16,9 +18,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fusionrt.cli.output import write_json
-    from fusionrt.runtime.doctor import diagnose, render
-
     report = diagnose(check_torch=not args.no_torch, bundle=args.bundle)
     if not write_json(args.json, report):
         print(render(report))

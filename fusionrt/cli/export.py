@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from fusionrt.bundle import Bundle
+from fusionrt.cli.output import add_json_option, write_json
+from fusionrt.export import export_checkpoint
+from fusionrt.progress import progress_for
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -16,18 +21,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="torch.onnx exporter; auto tries the faster (legacy) first, then dynamo")
     parser.add_argument("--atol", type=float, default=1e-4,
                         help="largest ONNX Runtime vs PyTorch abs error allowed on the grid (default 1e-4)")
-    from fusionrt.cli.output import add_json_option
 
     add_json_option(parser, "the manifest's verification section")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from fusionrt.cli.output import write_json
-    from fusionrt.export import export_checkpoint
-    from fusionrt.progress import progress_for
-    from fusionrt.runtime import Bundle
-
     progress = progress_for(args.quiet)
     path = export_checkpoint(args.checkpoint, args.out, max_batch=args.max_batch, opset=args.opset,
                              exporter=args.exporter, atol=args.atol, progress=progress)

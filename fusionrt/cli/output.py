@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Any
 
+from fusionrt.io import atomic_write_json
+
 
 def add_json_option(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--json", default=None, metavar="OUT",
@@ -20,7 +22,6 @@ def write_json(target: str | None, value: Any) -> bool:
     if target == "-":
         print(json.dumps(value, indent=2))
         return True
-    from fusionrt.io import atomic_write_json
 
     atomic_write_json(target, value)
     print(f"wrote {target}", file=sys.stderr)

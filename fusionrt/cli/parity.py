@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import argparse
 
+from fusionrt.bundle import Bundle
+from fusionrt.errors import InputError
+from fusionrt.io import atomic_write_json, json_safe
+from fusionrt.parity import gates_for, run_parity
+from fusionrt.parity.gates import EVERY_OUTPUT, PRECISIONS
+from fusionrt.progress import progress_for
+from fusionrt.runtime.session import BACKENDS
+
 # Exit status when the comparison ran but a gate broke (2 is for errors, see fusionrt.cli.main).
 EXIT_TOLERANCE_EXCEEDED = 1
 PER_OUTPUT = "[OUTPUT:]VALUE"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from fusionrt.parity.gates import PRECISIONS
-    from fusionrt.runtime.session import BACKENDS
-
     parser = subparsers.add_parser(
         "parity", help="compare two backends (or precisions) of a bundle; gates default to the candidate's precision",
         description="Gates default to the candidate precision's: fp32 max abs 1e-4, cosine 0.9999, agreement 0.99; "
@@ -49,9 +54,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def per_output(flag: str, values: list[str]) -> dict[str, str]:
     """``["1e-3", "hidden:1e-2"]`` -> ``{"*": "1e-3", "hidden": "1e-2"}`` (values are checked by gates_for)."""
-    from fusionrt.errors import InputError
-    from fusionrt.parity.gates import EVERY_OUTPUT
-
     out: dict[str, str] = {}
     for value in values:
         output, _, number = value.rpartition(":")
@@ -74,12 +76,6 @@ def overrides_from(args: argparse.Namespace) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fusionrt.io import atomic_write_json
-    from fusionrt.parity import gates_for, run_parity
-    from fusionrt.parity.report import json_safe
-    from fusionrt.progress import progress_for
-    from fusionrt.runtime import Bundle
-
     def options(backend: str) -> dict[str, str]:
         return {"checkpoint": args.checkpoint} if backend == "torch" and args.checkpoint else {}
 

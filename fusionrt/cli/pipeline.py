@@ -10,6 +10,9 @@ import argparse
 import sys
 import time
 
+from fusionrt.pipeline import GateFailed, PipelineConfig, run_pipeline, write_junit
+from fusionrt.progress import progress_for
+
 EXIT_GATE_FAILED = 1
 
 
@@ -36,8 +39,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from fusionrt.pipeline import GateFailed, PipelineConfig, run_pipeline, write_junit
-    from fusionrt.progress import progress_for
 
     def log(text: str) -> None:
         if not args.quiet:

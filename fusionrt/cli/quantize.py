@@ -10,13 +10,17 @@ import argparse
 import json
 import sys
 
+from fusionrt.calibration import BudgetExceededError, quantize_fp16, quantize_int8
+from fusionrt.calibration.ranges import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS
+from fusionrt.cli.output import add_json_option, write_json
+from fusionrt.io import json_safe
+from fusionrt.parity.heldout import DEFAULT_HELDOUT_SCENES
+from fusionrt.progress import progress_for
+
 EXIT_BUDGET_MISSED = 1
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from fusionrt.calibration.budget import DEFAULT_HELDOUT_SCENES
-    from fusionrt.calibration.ranges import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS
-
     parser = subparsers.add_parser("quantize", help="write FP16 or INT8 graphs into a bundle, budget-checked")
     parser.add_argument("bundle", help="bundle directory (for int8: after `fusionrt calibrate`)")
     parser.add_argument("--precision", required=True, choices=("fp16", "int8"),
@@ -34,7 +38,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"held-out scenes the budget is measured on (default {DEFAULT_HELDOUT_SCENES})")
     parser.add_argument("--no-sensitivity", action="store_true",
                         help="int8: fail instead of leaving sensitive MatMuls in float when the budget is missed")
-    from fusionrt.cli.output import add_json_option
 
     add_json_option(parser, "the report")
     parser.set_defaults(handler=run)
@@ -55,11 +58,6 @@ def _summary(report: dict) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fusionrt.calibration import BudgetExceededError, quantize_fp16, quantize_int8
-    from fusionrt.cli.output import write_json
-    from fusionrt.parity.report import json_safe
-    from fusionrt.progress import progress_for
-
     progress = progress_for(args.quiet)
     try:
         if args.precision == "fp16":

@@ -6,6 +6,8 @@ import argparse
 import signal
 import sys
 
+from fusionrt.serve import TritonServer
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("serve", help="serve a model repository with tritonserver (nvidia-pytriton)")
@@ -24,8 +26,6 @@ class _Stop(Exception):
 
 
 def run(args: argparse.Namespace) -> int:
-    from fusionrt.serve import TritonServer
-
     def stop(signum: int, _frame: object) -> None:
         raise _Stop(signal.Signals(signum).name)
 

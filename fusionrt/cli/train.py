@@ -6,12 +6,12 @@ import argparse
 import json
 from dataclasses import fields
 
+from fusionrt.train_config import TrainConfig
+
 _ARG_TYPES = {"int": int, "float": float, "str": str}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from fusionrt.train_config import TrainConfig
-
     parser = subparsers.add_parser("train", help="train the model on the scene world (CPU)")
     parser.add_argument("--out", required=True, help="checkpoint directory to write")
     for field in fields(TrainConfig):
@@ -23,7 +23,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fusionrt.train import train
-    from fusionrt.train_config import TrainConfig
 
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
     metrics = train(config, args.out)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from fusionrt.progress import progress_for
+from fusionrt.serve import RepositoryOptions, write_repository
+from fusionrt.serve.repository import BACKENDS, DEFAULT_QUEUE_DELAY_US
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from fusionrt.serve.repository import BACKENDS, DEFAULT_QUEUE_DELAY_US
-
     parser = subparsers.add_parser("triton", help="write a Triton Inference Server model repository from a bundle")
     parser.add_argument("bundle", help="bundle directory written by `fusionrt export`")
     parser.add_argument("--out", required=True, help="repository directory (replaced if fusionrt wrote it)")
@@ -30,9 +32,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fusionrt.progress import progress_for
-    from fusionrt.serve import RepositoryOptions, write_repository
-
     options = RepositoryOptions(
         backend=args.backend, precision=args.precision, max_batch=args.max_batch, instances=args.instances,
         queue_delay_us=None if args.queue_delay_us < 0 else args.queue_delay_us, plan=args.plan,

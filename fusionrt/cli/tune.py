@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import argparse
 
+from fusionrt.bench.tune import DEFAULT_BATCHES, DEFAULT_HELDOUT_SCENES, choose_path
+from fusionrt.cli.output import add_json_option, write_json
+from fusionrt.progress import progress_for
+
 
 def _names(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from fusionrt.calibration.choose import DEFAULT_BATCHES, DEFAULT_HELDOUT_SCENES
-
     parser = subparsers.add_parser("tune", help="pick the fastest backend x precision within budget (for 'auto')")
     parser.add_argument("bundle", help="bundle directory (quantize it first to have more precisions to try)")
     parser.add_argument("--backends", default=None, help="comma-separated (default: every installed CPU backend)")
@@ -26,7 +28,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--heldout-scenes", type=int, default=DEFAULT_HELDOUT_SCENES,
                         help=f"held-out scenes for each path's budget (default {DEFAULT_HELDOUT_SCENES})")
     parser.add_argument("--no-record", action="store_true", help="measure and print, leave the manifest as it is")
-    from fusionrt.cli.output import add_json_option
 
     add_json_option(parser, "the full result")
     parser.set_defaults(handler=run)
@@ -48,10 +49,6 @@ def table(section: dict) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fusionrt.calibration.choose import choose_path
-    from fusionrt.cli.output import write_json
-    from fusionrt.progress import progress_for
-
     batches = [int(b) for b in _names(args.batches) or []]
     section = choose_path(args.bundle, backends=_names(args.backends), precisions=_names(args.precisions),
                           batches=batches, threads=args.threads, heldout_scenes=args.heldout_scenes,

@@ -7,6 +7,6 @@ from build options), :mod:`.entries` (the manifest's ``engines`` section and eng
 (``build_engines``: parse, build, write the plan atomically, record it). Heavy packages are imported lazily.
 """
 
-from fusionrt.engine.errors import BuildError, MissingRequirementError
+from fusionrt.runtime.backends.tensorrt.errors import BuildError, MissingRequirementError
 
 __all__ = ["BuildError", "MissingRequirementError"]

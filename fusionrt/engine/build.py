@@ -17,17 +17,17 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from fusionrt.calibration.manifest import update_manifest
+from fusionrt.bundle.manifest import Bundle, sha256_file
+from fusionrt.bundle.transaction import update_manifest
 from fusionrt.engine.config import BuildOptions, create_config
-from fusionrt.engine.device import DeviceInfo, cuda_device
-from fusionrt.engine.entries import SECTION, EngineEntry, engine_filename, timing_cache_filename
-from fusionrt.engine.errors import GET_GPU, INSTALL_TENSORRT, BuildError, MissingRequirementError
-from fusionrt.engine.profiles import profiles_for, unknown_symbols
-from fusionrt.engine.versions import import_tensorrt, version_of
 from fusionrt.errors import InputError
 from fusionrt.io import atomic_write_bytes
 from fusionrt.progress import SILENT, Progress
-from fusionrt.runtime.bundle import Bundle, sha256_file
+from fusionrt.runtime.backends.tensorrt.device import DeviceInfo, cuda_device
+from fusionrt.runtime.backends.tensorrt.entries import SECTION, EngineEntry, engine_filename, timing_cache_filename
+from fusionrt.runtime.backends.tensorrt.errors import GET_GPU, INSTALL_TENSORRT, BuildError, MissingRequirementError
+from fusionrt.runtime.backends.tensorrt.profiles import profiles_for, unknown_symbols
+from fusionrt.runtime.backends.tensorrt.versions import import_tensorrt, version_of
 
 # (onnx path, CreateConfig, timing cache path) -> serialized plan
 PlanBuilder = Callable[[Path, Any, Path], bytes]

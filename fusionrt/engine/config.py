@@ -13,9 +13,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from fusionrt.engine.profiles import ShapeProfile, polygraphy_profiles
+from fusionrt.bundle.spec import GraphSpec
 from fusionrt.errors import InputError
-from fusionrt.runtime.spec import GraphSpec
+from fusionrt.runtime.backends.tensorrt.profiles import ShapeProfile, polygraphy_profiles
 
 DEFAULT_WORKSPACE_MB = 1024  # enough for this model; Jetson shares memory with the CPU, so keep it capped
 DEFAULT_OPT_LEVEL = 3  # TensorRT's default

@@ -9,8 +9,8 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from fusionrt.engine.profiles import ShapeProfile, default_profile
-from fusionrt.runtime.bundle import Bundle
+from fusionrt.bundle.manifest import Bundle
+from fusionrt.runtime.backends.tensorrt.profiles import ShapeProfile, default_profile
 
 TOLERANCES = {"fp32": "1e-3", "fp16": "5e-2", "int8": "2e-1"}
 

@@ -17,6 +17,9 @@ from typing import Any
 import numpy as np
 
 import fusionrt
+from fusionrt.bundle.manifest import BUNDLE_FORMAT, SCHEMA_VERSION, Bundle, graph_filename
+from fusionrt.bundle.source import checkpoint_files_sha256, weights_sha256
+from fusionrt.bundle.spec import GraphSpec
 from fusionrt.export.checks import check_graph
 from fusionrt.export.contract import (
     FUSION,
@@ -29,14 +32,11 @@ from fusionrt.export.contract import (
 )
 from fusionrt.export.errors import ExportError, VerificationError
 from fusionrt.export.exporters import DEFAULT_EXPORTER, EXPORTERS, export_graph
-from fusionrt.export.source import checkpoint_files_sha256, weights_sha256
 from fusionrt.export.writer import BundleWriter
 from fusionrt.parity.compare import Tolerance, compare_grid
 from fusionrt.parity.grid import GridPoint, grid_points, random_feed
 from fusionrt.progress import SILENT, Progress
-from fusionrt.runtime.bundle import BUNDLE_FORMAT, SCHEMA_VERSION, Bundle, graph_filename
 from fusionrt.runtime.session import Session
-from fusionrt.runtime.spec import GraphSpec
 
 FUSION_CONTRACT = ("forward(input_ids int64 [B,T], text_mask bool [B,T], visual_feats float32 [B,M,Dv], "
                    "visual_mask bool [B,M]) -> (hidden float32 [B,T,H], logits float32 [B,A])")

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from fusionrt.bundle.spec import GraphSpec
 from fusionrt.export.errors import VerificationError
-from fusionrt.runtime.spec import GraphSpec
 
 
 def _dims_text(value: Any) -> list[int | str]:

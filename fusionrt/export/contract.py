@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from fusionrt.runtime.bundle import graph_filename
-from fusionrt.runtime.spec import FUSION, FUSION_INPUTS, REGION_ENCODER, DimRange, GraphSpec, TensorSpec
+from fusionrt.bundle.manifest import graph_filename
+from fusionrt.bundle.spec import FUSION, FUSION_INPUTS, REGION_ENCODER, DimRange, GraphSpec, TensorSpec
 
 __all__ = ["FUSION", "FUSION_INPUTS", "REGION_ENCODER", "example_size", "fusion_spec", "max_corner",
            "region_encoder_spec"]

@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from fusionrt.bundle.spec import GraphSpec
 from fusionrt.export.errors import ExportError
 from fusionrt.io import atomic_write_bytes
-from fusionrt.runtime.spec import GraphSpec
 
 EXPORTERS = ("legacy", "dynamo")
 # Measured on the shipped model (benchmarks/RESULTS.md, several runs): in ONNX Runtime the two graphs run

@@ -16,11 +16,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from fusionrt.bundle.manifest import MANIFEST, is_bundle, read_manifest, sha256_file
+from fusionrt.bundle.transaction import BundleTransaction, fault_point
+from fusionrt.errors import BundleError
 from fusionrt.export.errors import ExportError
 from fusionrt.io import atomic_write_bytes, atomic_write_json, default_mode
-from fusionrt.runtime.bundle import MANIFEST, is_bundle, read_manifest, sha256_file
-from fusionrt.runtime.errors import BundleError
-from fusionrt.runtime.transaction import BundleTransaction, fault_point
 
 
 def _check_target(target: Path) -> None:

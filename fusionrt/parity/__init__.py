@@ -6,11 +6,12 @@ on scenes) under :func:`gates_for` the candidate's precision; export verificatio
 and metrics.
 """
 
+from fusionrt.io import json_safe  # kept for callers of the old path
 from fusionrt.parity.compare import GridResult, MetricAccumulator, PointResult, Tolerance, compare_grid
 from fusionrt.parity.gates import Failure, Gates, Limit, gates_for
 from fusionrt.parity.grid import GridPoint, default_sizes, fusion_feed, grid_points, random_feed
 from fusionrt.parity.metrics import array_metrics
-from fusionrt.parity.report import ParityReport, json_safe, run_parity
+from fusionrt.parity.report import ParityReport, run_parity
 from fusionrt.parity.scenes import SceneResult, compare_scenes, heldout_questions, pad_regions
 
 __all__ = [

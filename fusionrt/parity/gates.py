@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fusionrt.bundle.manifest import Bundle
 from fusionrt.errors import InputError
-from fusionrt.runtime.bundle import Bundle
+from fusionrt.parity.budgets import BUDGETS
 
 MANIFEST, FLAG = "manifest", "flag"
 EVERY_OUTPUT = "*"
@@ -174,8 +175,6 @@ def _defaults(manifest: Mapping[str, Any], precision: str) -> tuple[dict[str, di
     outputs = {"min_cosine": {o: Limit(v, source) for o, v in COSINE_FLOORS[precision].items()}}
     budget, budget_source = _manifest_budget(manifest, precision), MANIFEST
     if budget is None:
-        from fusionrt.calibration.budget import BUDGETS
-
         known = BUDGETS.get(precision)
         budget, budget_source = (known.to_dict() if known else {}), source
     scenes = {gate: Limit(float(budget[gate]), budget_source) for gate in ("max_drop_points", "min_agreement")

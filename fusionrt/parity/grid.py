@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fusionrt.runtime.spec import GraphSpec, TensorSpec
+from fusionrt.bundle.spec import GraphSpec, TensorSpec
 
 FUSION_INPUTS = ("input_ids", "text_mask", "visual_feats", "visual_mask")
 DEFAULT_BATCHES = (1, 2, 8)

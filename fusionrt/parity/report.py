@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fusionrt.bundle.manifest import Bundle
 from fusionrt.parity.compare import GridResult, Tolerance, compare_grid
 from fusionrt.parity.gates import Failure, Gates, gates_for
 from fusionrt.parity.grid import grid_points
 from fusionrt.parity.scenes import SceneResult, compare_scenes, heldout_questions
 from fusionrt.progress import SILENT, Progress
-from fusionrt.runtime.bundle import Bundle
 from fusionrt.runtime.session import Session
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with non-finite floats as the strings "inf" / "-inf" / "nan": strict JSON has no Infinity."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
-
 
 WORST_SHOWN = 5
 

@@ -12,12 +12,13 @@ from typing import Any
 
 import numpy as np
 
+from fusionrt.bundle.manifest import Bundle
 from fusionrt.data.dataset import QASet, build_qa_set
 from fusionrt.data.tokenizer import QuestionEncoder
 from fusionrt.data.world import split_seeds
 from fusionrt.parity.compare import MetricAccumulator, Runs, Tolerance
 from fusionrt.progress import SILENT, Progress
-from fusionrt.runtime.bundle import Bundle
+from fusionrt.runtime.session import Session
 
 
 @dataclass
@@ -64,8 +65,6 @@ def pad_regions(feats: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.n
 def encode_scene_regions(bundle: Bundle, qa: QASet, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """Every region of ``qa`` through the bundle's region-encoder graph (onnxruntime), padded per scene
     to ``visual_feats`` [S,M,Dv] and ``visual_mask`` [S,M]."""
-    from fusionrt.runtime.session import Session
-
     chunk = min(chunk, bundle.graph("region_encoder").max_batch or chunk)  # never past the declared max N
     with Session(bundle, "onnxruntime", "region_encoder") as encoder:
         feats = np.concatenate([

@@ -2,7 +2,7 @@
 
 The lock file sits beside the bundle (``.NAME.lock`` in its parent), not inside it, because export
 replaces the whole bundle directory. The lock goes with the process: a killed pipeline leaves no stale
-lock. It is a different lock from the bundle's own (``fusionrt.runtime.transaction``): that one is held per
+lock. It is a different lock from the bundle's own (``fusionrt.bundle.transaction``): that one is held per
 update and lives inside the bundle; this one is held for the whole run, across export's replacement of it.
 """
 

@@ -22,13 +22,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fusionrt.bench import BenchConfig, run_bench
+from fusionrt.bundle.manifest import MANIFEST, Bundle, is_bundle
+from fusionrt.bundle.source import checkpoint_files_sha256
+from fusionrt.bundle.transaction import BundleTransaction
+from fusionrt.calibration import (
+    BUDGETS,
+    METHODS,
+    BudgetExceededError,
+    HeldoutEvaluator,
+    calibrate,
+    quantize_fp16,
+    quantize_int8,
+)
+from fusionrt.engine.stage import build_all_engines, engine_unavailable_reason
 from fusionrt.errors import FusionrtError, InputError
-from fusionrt.io import atomic_write_json
-from fusionrt.pipeline.engine import build_all_engines, engine_unavailable_reason
+from fusionrt.export import VerificationError, export_checkpoint
+from fusionrt.io import atomic_write_json, json_safe
+from fusionrt.parity import gates_for, run_parity
+from fusionrt.parity.accuracy import accuracy_by_kind
 from fusionrt.pipeline.lock import bundle_lock
 from fusionrt.pipeline.result import Gate, PipelineResult, StageRecord
 from fusionrt.progress import SILENT, Progress
-from fusionrt.runtime.bundle import MANIFEST, Bundle, is_bundle
+from fusionrt.report import write_report
+from fusionrt.runtime.session import BACKENDS, Session
 
 STAGES = ("export", "calibrate", "fp16", "int8", "engines", "parity", "bench", "report")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -71,11 +88,9 @@ class PipelineConfig:
         unknown = [p for p in self.precisions if p not in PRECISIONS]
         if unknown or "fp32" not in self.precisions:
             raise InputError("--precisions", f"fp32 plus any of {list(PRECISIONS[1:])}", ",".join(self.precisions))
-        from fusionrt.calibration import METHODS
 
         if self.calib_method not in METHODS:
             raise InputError("--calib-method", f"one of {list(METHODS)}", repr(self.calib_method))
-        from fusionrt.runtime.session import BACKENDS
 
         bad = [b for b in self.backends if b not in BACKENDS or b == "torch"]
         if bad or not self.backends:
@@ -95,7 +110,6 @@ class _Run:
     """State of one pipeline run: the bundle dir, recorded stages, results so far."""
 
     def __init__(self, config: PipelineConfig, progress: Progress, log: Callable[[str], None]) -> None:
-        from fusionrt.export.source import checkpoint_files_sha256
         from fusionrt.model import SHIPPED_CHECKPOINT
 
         self.config = config
@@ -147,8 +161,6 @@ class _Run:
     def record(self, name: str, seconds: float, summary: dict[str, Any], files: Sequence[str] = ()) -> None:
         """Move ``files`` from the stage's staging dir into the bundle, register them and mark stage ``name``
         finished with its key, in one manifest rewrite."""
-        from fusionrt.runtime.transaction import BundleTransaction
-
         with BundleTransaction(self.out, verify=False) as tx:
             for file in files:  # fresh names until the manifest is published: readers never see a mix
                 tx.adopt(self.stage_dir / file, file)
@@ -185,9 +197,6 @@ class _Run:
     def evaluator(self) -> Any:
         """Held-out batches and PyTorch reference logits, built once for fp16 and int8."""
         if self._evaluator is None:
-            from fusionrt.calibration import HeldoutEvaluator
-            from fusionrt.runtime.session import Session
-
             bundle = Bundle.open(self.out)
             reference = Session(bundle, "torch", "fusion", "fp32", **self.config.torch_options)
             self._evaluator = HeldoutEvaluator(bundle, self.config.heldout_scenes, progress=self.progress,
@@ -245,8 +254,6 @@ class _Run:
 # ---- the stages ---------------------------------------------------------------------------------
 
 def _export(run: _Run) -> tuple[dict[str, Any], list[str]]:
-    from fusionrt.export import VerificationError, export_checkpoint
-
     try:
         export_checkpoint(run.checkpoint, run.out, progress=run.progress)
     except VerificationError as exc:
@@ -269,15 +276,11 @@ def _export_gates(summary: dict[str, Any]) -> list[Gate]:
 
 
 def _calibrate(run: _Run) -> tuple[dict[str, Any], list[str]]:
-    from fusionrt.calibration import calibrate
-
     record = calibrate(run.out, samples=run.config.calib_samples, progress=run.progress)
     return {"samples": record["samples"], "sha256": record["sha256"]}, []
 
 
 def _quantize(run: _Run, precision: str) -> tuple[dict[str, Any], list[str]]:
-    from fusionrt.calibration import BudgetExceededError, quantize_fp16, quantize_int8
-
     try:
         if precision == "fp16":
             report = quantize_fp16(run.out, evaluator=run.evaluator(), progress=run.progress)
@@ -307,9 +310,6 @@ def _accuracy_gates(stage: str) -> Callable[[dict[str, Any]], list[Gate]]:
 
 
 def _parity(run: _Run) -> tuple[dict[str, Any], list[str]]:
-    from fusionrt.parity import gates_for, json_safe, run_parity
-    from fusionrt.pipeline.accuracy import accuracy_by_kind
-
     bundle = Bundle.open(run.out, verify=False)
     reports, summary = [], {"checks": []}
     for backend in run.config.backends:
@@ -345,9 +345,6 @@ def _parity_gates(summary: dict[str, Any]) -> list[Gate]:
 
 
 def _bench(run: _Run) -> tuple[dict[str, Any], list[str]]:
-    from fusionrt.bench import BenchConfig, run_bench
-    from fusionrt.parity import json_safe
-
     config = BenchConfig(backends=run.config.backends, precisions=run.graphs(), runs=run.config.bench_runs,
                          threads=run.config.threads, concurrency=2, torch_options=run.config.torch_options)
     report = run_bench(run.out, config)
@@ -362,8 +359,6 @@ def _bench(run: _Run) -> tuple[dict[str, Any], list[str]]:
 
 
 def _report(run: _Run) -> tuple[dict[str, Any], list[str]]:
-    from fusionrt.report import write_report
-
     files = write_report(run.out, run.result, out_dir=run.stage_dir)
     return {"files": files}, files
 
@@ -378,7 +373,6 @@ def _run_stages(run: _Run) -> None:
         run.stage(2, "calibrate", lambda: _calibrate(run))
     else:
         run.skip(2, "calibrate", "neither fp16 nor int8 requested")
-    from fusionrt.calibration import BUDGETS
 
     run.keys["fp16"] = _key(calibrate=run.keys["calibrate"], heldout=config.heldout_scenes,
                             budget=BUDGETS["fp16"].to_dict())
@@ -401,7 +395,6 @@ def _run_stages(run: _Run) -> None:
         run.result.gates.append(Gate("tensorrt engines", "engines", "skipped", reason))
 
     graphs = run.graph_hashes([*run.graphs(), "fp32"])
-    from fusionrt.parity import gates_for
 
     gates = {p: gates_for(run.bundle(), p).to_dict() for p in run.graphs()}
     run.keys["parity"] = _key(graphs=graphs, checkpoint=run.checkpoint_files, gates=gates,

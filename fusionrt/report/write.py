@@ -11,10 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fusionrt.io import atomic_write_bytes, atomic_write_json
-from fusionrt.parity import json_safe
+from fusionrt.bundle.manifest import Bundle
+from fusionrt.io import atomic_write_bytes, atomic_write_json, json_safe
 from fusionrt.report import plots
-from fusionrt.runtime.bundle import Bundle
 
 REPORT_MD, REPORT_JSON = "report.md", "report.json"
 

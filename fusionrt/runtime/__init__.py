@@ -3,12 +3,11 @@
 Torch-free: only the chosen backend's packages are imported, when a Session is created.
 """
 
-from fusionrt.errors import InputError
-from fusionrt.runtime.bundle import MANIFEST, SCHEMA_VERSION, Bundle, graph_filename, is_bundle
-from fusionrt.runtime.errors import BackendError, BundleError, SessionClosedError
+from fusionrt.bundle.manifest import MANIFEST, SCHEMA_VERSION, Bundle, graph_filename, is_bundle
+from fusionrt.bundle.spec import DimRange, GraphSpec, TensorSpec
+from fusionrt.errors import BackendError, BundleError, InputError, SessionClosedError
 from fusionrt.runtime.runner import Runner
 from fusionrt.runtime.session import BACKENDS, Session, runner_class
-from fusionrt.runtime.spec import DimRange, GraphSpec, TensorSpec
 
 __all__ = [
     "BACKENDS", "MANIFEST", "SCHEMA_VERSION", "BackendError", "Bundle", "BundleError", "DimRange", "GraphSpec",

@@ -1,7 +1,7 @@
 """``precision="auto"``: run the backend x precision that ``fusionrt tune`` measured fastest within budget.
 
 The choice lives in the bundle's ``manifest.json`` section ``"auto"`` (written by
-:func:`fusionrt.calibration.choose.choose_path`)::
+:func:`fusionrt.bench.tune.choose_path`)::
 
     {"backend": "onnxruntime", "precision": "int8-cpu", "options": {...}, "ms": {"1": 1.1, "8": 4.3},
      "machine": {...}, "candidates": [{"backend": ..., "precision": ..., "options": ..., "ms": ..., "passed": ...}]}
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
-from fusionrt.runtime.bundle import Bundle
-from fusionrt.runtime.errors import BundleError
+from fusionrt.bundle.manifest import Bundle
+from fusionrt.errors import BundleError
 
 AUTO = "auto"
 SECTION = "auto"

@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import fusionrt
+from fusionrt.bundle.manifest import Bundle
 from fusionrt.errors import FusionrtError
+from fusionrt.runtime.backends.tensorrt.device import DeviceInfo, cuda_device
+from fusionrt.runtime.backends.tensorrt.entries import engine_entries, mismatches
 from fusionrt.runtime.session import BACKENDS
 
 # import name -> distribution names to ask for a version (the first installed one wins).
@@ -93,7 +96,6 @@ def _cuda_device(packages: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The CUDA device as the TensorRT backend sees it (cuda-python), or why there is none."""
     if not packages["cuda.bindings"]["importable"]:
         return {"found": False, "error": "cuda-python not importable"}
-    from fusionrt.engine.device import cuda_device
 
     try:
         return {"found": True, **cuda_device().to_dict()}
@@ -104,10 +106,6 @@ def _cuda_device(packages: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def tensorrt_engines(bundle_dir: str | Path, packages: dict[str, dict[str, Any]],
                      device: dict[str, Any]) -> list[dict[str, Any]]:
     """Each engine the bundle records, and whether it would load here (or why not)."""
-    from fusionrt.engine.device import DeviceInfo
-    from fusionrt.engine.entries import engine_entries, mismatches
-    from fusionrt.runtime.bundle import Bundle
-
     bundle = Bundle.open(bundle_dir)
     name = "tensorrt" if packages["tensorrt"]["importable"] else "tensorrt_lean"
     version = packages[name]["version"] if packages[name]["importable"] else None

@@ -20,9 +20,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fusionrt.runtime.bundle import Bundle
-from fusionrt.runtime.errors import BackendError, SessionClosedError
-from fusionrt.runtime.spec import GraphSpec
+from fusionrt.bundle.manifest import Bundle
+from fusionrt.bundle.spec import GraphSpec
+from fusionrt.errors import BackendError, SessionClosedError
 from fusionrt.runtime.validate import FeedValidator
 
 

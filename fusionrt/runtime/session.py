@@ -9,17 +9,17 @@ from typing import Any
 
 import numpy as np
 
+from fusionrt.bundle.manifest import Bundle
+from fusionrt.bundle.spec import TensorSpec
+from fusionrt.errors import BackendError
 from fusionrt.runtime.auto import AUTO, AutoChoice, resolve_auto
-from fusionrt.runtime.bundle import Bundle
-from fusionrt.runtime.errors import BackendError
 from fusionrt.runtime.runner import Runner
-from fusionrt.runtime.spec import TensorSpec
 
 # name -> "module:class". Modules are imported only when chosen, so each backend's packages stay optional.
 BACKENDS: dict[str, str] = {
     "onnxruntime": "fusionrt.runtime.backends.onnxrt:OnnxRuntimeRunner",
     "torch": "fusionrt.runtime.backends.pytorch:TorchRunner",
-    "tensorrt": "fusionrt.runtime.backends.tensorrt:TensorRTRunner",
+    "tensorrt": "fusionrt.runtime.backends.tensorrt.runner:TensorRTRunner",
     "openvino": "fusionrt.runtime.backends.openvino:OpenVinoRunner",
 }
 

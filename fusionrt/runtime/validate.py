@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fusionrt.bundle.spec import DimRange, GraphSpec, TensorSpec
 from fusionrt.errors import InputError
-from fusionrt.runtime.spec import DimRange, GraphSpec, TensorSpec
 
 
 @dataclass(frozen=True)

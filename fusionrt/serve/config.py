@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from fusionrt.runtime.spec import GraphSpec, TensorSpec
+from fusionrt.bundle.spec import GraphSpec, TensorSpec
 
 # numpy dtype name -> Triton DataType
 TRITON_DTYPES = {"bool": "TYPE_BOOL", "int32": "TYPE_INT32", "int64": "TYPE_INT64", "float16": "TYPE_FP16",

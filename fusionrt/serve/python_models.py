@@ -18,7 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from fusionrt.errors import FusionrtError
+from fusionrt.app import BundlePipeline
+from fusionrt.data.tokenizer import QuestionEncoder
+from fusionrt.errors import FusionrtError, InputError
+from fusionrt.runtime import Bundle, Session
+from fusionrt.serve.answering import answer_logits, image_from_bytes, prepare, question_from_bytes, softmax
 
 
 class _BundleModel:
@@ -27,7 +31,6 @@ class _BundleModel:
     def initialize(self, args: dict[str, Any]) -> None:
         import triton_python_backend_utils as pb_utils
 
-        from fusionrt.runtime import Bundle
 
         self.pb = pb_utils
         self.name = args["model_name"]
@@ -88,8 +91,6 @@ class SessionModel(_BundleModel):
     """
 
     def load(self) -> None:
-        from fusionrt.runtime import Session
-
         self.session = Session(self.bundle, "onnxruntime", self.parameters["graph"], self.parameters["precision"])
         self.sessions = (self.session,)
         self.inputs = self.session.inputs
@@ -103,8 +104,6 @@ class SessionModel(_BundleModel):
             for spec in self.inputs:
                 tensor = pb.get_input_tensor_by_name(request, spec.name)
                 if tensor is None:
-                    from fusionrt.errors import InputError
-
                     raise InputError(spec.name, f"an input {spec.describe()}", "a request without it")
                 feed[spec.name] = tensor.as_numpy()
             feeds.append(feed)
@@ -172,14 +171,10 @@ class AnswerModel(_BundleModel):
     """
 
     def load(self) -> None:
-        from fusionrt.app import BundlePipeline
-
         if self.parameters.get("calls", "bls") == "local":
             self.pipeline = BundlePipeline(self.bundle.path)
             self.sessions = (self.pipeline.region_encoder, self.pipeline.fusion)
         else:
-            from fusionrt.data.tokenizer import QuestionEncoder
-
             self.pipeline = _TritonPipeline(self.pb)
             self.pipeline.questions = QuestionEncoder.from_file(
                 self.bundle.file("tokenizer.json"), int(self.bundle.model["max_text_len"]))
@@ -189,8 +184,6 @@ class AnswerModel(_BundleModel):
         self.fusion_max_batch = self.max_batch
 
     def execute_batch(self, requests: list[Any]) -> list[Any]:
-        from fusionrt.serve.answering import answer_logits, image_from_bytes, prepare, question_from_bytes, softmax
-
         pb, pipeline = self.pb, self.pipeline
         prepared, rows = [], []
         for request in requests:

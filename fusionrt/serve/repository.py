@@ -24,10 +24,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fusionrt import __version__
+from fusionrt.bundle.manifest import FP32, MANIFEST, Bundle
 from fusionrt.errors import InputError
 from fusionrt.io import atomic_write_bytes, atomic_write_json, default_mode
 from fusionrt.progress import SILENT, Progress
-from fusionrt.runtime.bundle import FP32, MANIFEST, Bundle
 from fusionrt.serve.config import (
     InstanceGroup,
     ModelConfig,

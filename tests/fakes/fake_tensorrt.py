@@ -278,7 +278,7 @@ def onnxruntime_compute(spec: dict[str, Any], feed: dict[str, np.ndarray]) -> di
 
 def fake_build_plan(onnx_path: Path, config: Any, timing_cache: Path) -> bytes:
     """A fake plan: the graph's tensors (from the bundle manifest) and the Polygraphy profiles of ``config``."""
-    from fusionrt.runtime.bundle import Bundle
+    from fusionrt.bundle.manifest import Bundle
 
     bundle = Bundle.open(onnx_path.parent, verify=False)
     graph = next(g for g in bundle.graphs.values() if onnx_path.name in g.precisions.values())

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from fusionrt.bundle.manifest import Bundle
+from fusionrt.errors import BackendError, BundleError
 from fusionrt.runtime.backends.ort_providers import CPU, captured_stdout, check_providers, provider_list
-from fusionrt.runtime.bundle import Bundle
-from fusionrt.runtime.errors import BackendError, BundleError
 from fusionrt.runtime.runner import Runner
 
 OPTIMIZATION_LEVELS = {

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from fusionrt.runtime.bundle import Bundle
-from fusionrt.runtime.errors import BackendError, BundleError
+from fusionrt.bundle.manifest import Bundle
+from fusionrt.errors import BackendError, BundleError
 from fusionrt.runtime.runner import Runner
 
 HINTS = {"f32": "f32", "bf16": "bf16"}

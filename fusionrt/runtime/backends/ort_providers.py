@@ -18,9 +18,9 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from fusionrt.runtime.bundle import Bundle
-from fusionrt.runtime.errors import BackendError
-from fusionrt.runtime.spec import GraphSpec
+from fusionrt.bundle.manifest import Bundle
+from fusionrt.bundle.spec import GraphSpec
+from fusionrt.errors import BackendError
 
 TENSORRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
 SHORT_NAMES = {"tensorrt": TENSORRT, "cuda": CUDA, "cpu": CPU}

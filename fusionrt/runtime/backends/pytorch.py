@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from fusionrt.runtime.bundle import Bundle, sha256_file
-from fusionrt.runtime.errors import BackendError, BundleError
+from fusionrt.bundle.manifest import Bundle, sha256_file
+from fusionrt.bundle.source import weights_sha256
+from fusionrt.errors import BackendError, BundleError
 from fusionrt.runtime.runner import Runner
 
 
@@ -24,21 +25,6 @@ def _import_torch() -> Any:
         raise BackendError("backend 'torch'", "the torch package (pip install 'fusionrt[torch]')",
                            f"ImportError: {exc}") from exc
     return torch
-
-
-def weights_sha256(module: Any) -> str:
-    """sha256 over every state-dict entry (name, dtype, shape, bytes) in name order: the fingerprint of a
-    module's weights recorded at export and checked when a Session runs a module passed as ``module=``."""
-    import hashlib
-
-    torch = _import_torch()
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        value = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{value.dtype}|{list(value.shape)}|".encode())
-        # Bytes through a uint8 view: numpy has no bfloat16, and .numpy() would refuse it.
-        digest.update(value.reshape(-1).view(dtype=torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def load_source_module(bundle: Bundle, graph: str, checkpoint: str | Path | None = None) -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from fusionrt.runtime.errors import BundleError
+from fusionrt.errors import BundleError
 
 # The graphs a bundle holds, the fusion graph's inputs in order, and the precisions a graph file may have;
 # defined here, the lowest layer, so the exporter, calibration and the runtime share one spelling.

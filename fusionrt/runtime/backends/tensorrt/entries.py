@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fusionrt.engine.device import DeviceInfo
-from fusionrt.engine.versions import same_build
-from fusionrt.runtime.bundle import Bundle
-from fusionrt.runtime.errors import BackendError, BundleError
+from fusionrt.bundle.manifest import Bundle
+from fusionrt.errors import BackendError, BundleError
+from fusionrt.runtime.backends.tensorrt.device import DeviceInfo
+from fusionrt.runtime.backends.tensorrt.versions import same_build
 
 SECTION = "engines"
 ENGINE_DIR = "engines"

@@ -3,7 +3,7 @@
 Every candidate (each installed CPU backend x each precision the bundle has x, on OpenVINO, each
 precision hint) is first measured on held-out scenes against fp32 PyTorch and kept only within its
 budget; the survivors are timed on the fusion graph at each batch size (T=16, M=8), in blocks
-(:mod:`fusionrt.runtime.timing`). The choice minimizes the geometric mean of the medians over the batch
+(:mod:`fusionrt.bench.timing`). The choice minimizes the geometric mean of the medians over the batch
 sizes, and is written to the manifest's ``auto`` section (:mod:`fusionrt.runtime.auto`).
 """
 
@@ -19,18 +19,21 @@ from typing import Any
 
 import numpy as np
 
-from fusionrt.calibration.budget import BUDGETS, Budget, HeldoutEvaluator
-from fusionrt.calibration.manifest import update_manifest
+from fusionrt.bench.timing import medians, time_blocks
+from fusionrt.bundle.manifest import Bundle
+from fusionrt.bundle.transaction import update_manifest
+from fusionrt.errors import BackendError
+from fusionrt.parity.budgets import BUDGETS, Budget
+from fusionrt.parity.grid import fusion_feed
+from fusionrt.parity.heldout import HeldoutEvaluator
 from fusionrt.progress import SILENT, Progress
 from fusionrt.runtime.auto import SECTION, machine_fingerprint
-from fusionrt.runtime.bundle import Bundle
-from fusionrt.runtime.errors import BackendError
 from fusionrt.runtime.session import Session
-from fusionrt.runtime.timing import medians, time_in_blocks
 
 CPU_BACKENDS = {"onnxruntime": "onnxruntime", "openvino": "openvino"}  # backend -> the package it needs
 OPENVINO_HINTS = ("f32", "bf16")
 DEFAULT_BATCHES = (1, 8)
+CALLS_PER_BLOCK = 10
 TEXT_LEN, VISUAL_LEN = 16, 8
 DEFAULT_HELDOUT_SCENES = 200
 # fp32 run by another engine: the same function up to summation order; a near-tie may flip.
@@ -128,13 +131,11 @@ def choose_path(bundle_dir: str | Path, *, backends: Sequence[str] | None = None
                            "; ".join(f"{c.label}: {c.note}" for c in candidates))
     graph = bundle.graph("fusion")
     for batch in progress.iterate(batches, "timing", unit="batch"):
-        from fusionrt.parity.grid import fusion_feed
-
         feed = fusion_feed(graph, batch, TEXT_LEN, VISUAL_LEN, np.random.default_rng(batch))
         feed["text_mask"][:] = True
         feed["visual_mask"][:] = True
-        timed = medians(time_in_blocks({label: (lambda s=s, f=feed: s.run(f)) for label, s in sessions.items()},
-                                       blocks=blocks))
+        timed = medians(time_blocks({label: (lambda s=s, f=feed: s.run(f)) for label, s in sessions.items()},
+                                    runs=blocks * CALLS_PER_BLOCK, warmup=3, block=CALLS_PER_BLOCK))
         for cand in candidates:
             if cand.label in timed:
                 cand.ms[str(batch)] = round(timed[cand.label], 4)

@@ -6,14 +6,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fusionrt.engine.build import build_engines, require_build_environment
 from fusionrt.progress import Progress
+from fusionrt.runtime.backends.tensorrt.errors import MissingRequirementError
 
 
 def engine_unavailable_reason() -> str | None:
     """``None`` when the full TensorRT and a CUDA device are present, else why the engine stage is skipped."""
-    from fusionrt.engine.build import require_build_environment
-    from fusionrt.engine.errors import MissingRequirementError
-
     try:
         require_build_environment()
     except MissingRequirementError as exc:
@@ -23,8 +22,6 @@ def engine_unavailable_reason() -> str | None:
 
 def build_all_engines(bundle_dir: Path, precisions: Sequence[str], progress: Progress) -> dict[str, Any]:
     """Build every graph's engine at each of ``precisions`` the TensorRT path takes (never int8-cpu)."""
-    from fusionrt.engine.build import build_engines
-
     built = {}
     for precision in precisions:
         if precision == "int8-cpu":  # ONNX Runtime's CPU recipe (U8S8): not a TensorRT graph

@@ -22,13 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from fusionrt.engine.cuda import DeviceBuffer, GraphLauncher, Stream
-from fusionrt.engine.device import DeviceInfo, check, cuda_device, import_cudart
-from fusionrt.engine.entries import EngineEntry, build_command, select_engine
-from fusionrt.engine.profiles import Shape, covering_profiles, describe_ranges
-from fusionrt.engine.versions import import_tensorrt, is_lean, version_of
-from fusionrt.runtime.bundle import Bundle
-from fusionrt.runtime.errors import BackendError, InputError
+from fusionrt.bundle.manifest import Bundle
+from fusionrt.errors import BackendError, InputError
+from fusionrt.runtime.backends.tensorrt.cuda import DeviceBuffer, GraphLauncher, Stream
+from fusionrt.runtime.backends.tensorrt.device import DeviceInfo, check, cuda_device, import_cudart
+from fusionrt.runtime.backends.tensorrt.entries import EngineEntry, build_command, select_engine
+from fusionrt.runtime.backends.tensorrt.profiles import Shape, covering_profiles, describe_ranges
+from fusionrt.runtime.backends.tensorrt.versions import import_tensorrt, is_lean, version_of
 from fusionrt.runtime.runner import Runner
 
 DEFAULT_MAX_CONTEXTS = 4

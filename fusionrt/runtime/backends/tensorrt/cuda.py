@@ -1,6 +1,6 @@
 """Streams, device buffers and CUDA graphs over cuda-python (``cuda.bindings.runtime``).
 
-Thin on purpose: every call is a cuda-python call whose error code :func:`fusionrt.engine.device.check`
+Thin on purpose: every call is a cuda-python call whose error code :func:`.device.check`
 turns into a typed error. Buffers grow only when a larger tensor arrives and are reused otherwise.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fusionrt.engine.device import check
+from fusionrt.runtime.backends.tensorrt.device import check
 
 
 class Stream:

@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from fusionrt.bundle.manifest import Bundle
 from fusionrt.data.questions import QUESTION_KINDS
-from fusionrt.runtime.bundle import Bundle
+from fusionrt.parity.scenes import encode_scene_regions, heldout_questions, question_batches
 from fusionrt.runtime.session import Session
 
 BATCH = 64
@@ -41,8 +42,6 @@ def _per_question_hidden_error(ref: list[np.ndarray], cand: list[np.ndarray],
 def accuracy_by_kind(bundle: Bundle, precisions: Sequence[str], scenes: int = 200, backend: str = "onnxruntime",
                      torch_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Accuracy overall and per kind of fp32 PyTorch and of each precision on ``backend``; per-question errors."""
-    from fusionrt.parity.scenes import encode_scene_regions, heldout_questions, question_batches
-
     qa = heldout_questions(bundle, scenes)
     visual, visual_mask = encode_scene_regions(bundle, qa)
     batches = question_batches(bundle, qa, visual, visual_mask, BATCH)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from fusionrt.engine.errors import INSTALL_TENSORRT, MissingRequirementError
+from fusionrt.runtime.backends.tensorrt.errors import INSTALL_TENSORRT, MissingRequirementError
 
 FULL = "tensorrt"
 LEAN = "tensorrt_lean"

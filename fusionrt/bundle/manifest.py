@@ -4,7 +4,7 @@
 every file with its size and sha256; :meth:`Bundle.open` refuses a bundle whose files are missing
 or altered (or are links leading outside the bundle), and a manifest of a schema version newer
 than this code understands. Updates publish a new manifest in one rename
-(:mod:`fusionrt.runtime.transaction`); a reader whose manifest was replaced while it verified the
+(:mod:`fusionrt.bundle.transaction`); a reader whose manifest was replaced while it verified the
 files reads the new one, so it sees one state or the other, never a mix.
 """
 
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fusionrt.runtime.errors import BundleError
-from fusionrt.runtime.spec import GraphSpec
+from fusionrt.bundle.spec import GraphSpec
+from fusionrt.errors import BundleError
 
 BUNDLE_FORMAT = "fusionrt-bundle"
 SCHEMA_VERSION = 1

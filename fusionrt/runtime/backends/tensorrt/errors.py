@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fusionrt.runtime.errors import BackendError
+from fusionrt.errors import BackendError
 
 
 class MissingRequirementError(BackendError):

@@ -10,8 +10,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fusionrt.bundle.spec import GraphSpec
 from fusionrt.errors import InputError
-from fusionrt.runtime.spec import GraphSpec
 
 Shape = tuple[int, ...]
 

@@ -29,13 +29,13 @@ import secrets
 import shutil
 import signal
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fusionrt.bundle.manifest import MANIFEST, Bundle, is_bundle_file_name, read_manifest, sha256_file
+from fusionrt.errors import BundleError
 from fusionrt.io import atomic_write_json
-from fusionrt.runtime.bundle import MANIFEST, Bundle, is_bundle_file_name, read_manifest, sha256_file
-from fusionrt.runtime.errors import BundleError
 
 LOCK_FILE = ".fusionrt.lock"
 JOURNAL_FILE = ".fusionrt-pending.json"
@@ -309,3 +309,14 @@ class BundleTransaction:
         fault_point("names-published")
         for on_disk in back:
             (self.path / on_disk).unlink(missing_ok=True)
+
+
+def update_manifest(bundle_dir: str | Path, *, files: Sequence[str] = (),
+                    precisions: Mapping[str, Mapping[str, str]] | None = None,
+                    sections: Mapping[str, Any] | None = None) -> Bundle:
+    """Register ``files`` (plain names inside the bundle), ``precisions`` (graph -> precision -> file) and
+    top-level ``sections``; publish ``manifest.json`` atomically under the bundle's lock and return the
+    re-opened bundle. The bundle is not re-verified before the update (the listed files may just have
+    been rewritten in place by the caller); the returned bundle is."""
+    with BundleTransaction(bundle_dir, verify=False) as tx:
+        return tx.commit(files=files, precisions=precisions, sections=sections)

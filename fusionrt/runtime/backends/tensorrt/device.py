@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from fusionrt.engine.errors import GET_GPU, INSTALL_CUDA_PYTHON, MissingRequirementError
-from fusionrt.runtime.errors import BackendError
+from fusionrt.errors import BackendError
+from fusionrt.runtime.backends.tensorrt.errors import GET_GPU, INSTALL_CUDA_PYTHON, MissingRequirementError
 
 
 @dataclass(frozen=True)

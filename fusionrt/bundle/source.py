@@ -1,0 +1,36 @@
+"""Fingerprints of what a bundle was exported from: module weights and checkpoint files."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from fusionrt.bundle.manifest import sha256_file
+
+__all__ = ["CHECKPOINT_MODEL_FILES", "checkpoint_files_sha256", "weights_sha256"]
+
+
+# The files that define what a checkpoint computes; metrics and plots may be regenerated freely.
+CHECKPOINT_MODEL_FILES = ("config.json", "fusion.safetensors", "region_encoder.safetensors", "tokenizer.json",
+                          "answers.json")
+
+
+def checkpoint_files_sha256(path: str | Path) -> dict[str, str]:
+    """sha256 of each of a checkpoint's model-defining files that exists."""
+    path = Path(path)
+    return {name: sha256_file(path / name) for name in CHECKPOINT_MODEL_FILES if (path / name).is_file()}
+
+
+def weights_sha256(module: Any) -> str:
+    """sha256 over every state-dict entry (name, dtype, shape, bytes) in name order: the fingerprint of a
+    module's weights recorded at export and checked when a Session runs a module passed as ``module=``."""
+    import torch  # only called with a torch module in hand
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{value.dtype}|{list(value.shape)}|".encode())
+        # Bytes through a uint8 view: numpy has no bfloat16, and .numpy() would refuse it.
+        digest.update(value.reshape(-1).view(dtype=torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
