@@ -18,6 +18,7 @@ from fusionrt.errors import InputError
 from fusionrt.runtime import Bundle, BundleError
 from fusionrt.runtime.backends.tensorrt.device import cuda_device
 from fusionrt.runtime.backends.tensorrt.entries import engine_entries
+from fusionrt.runtime.backends.tensorrt.errors import BuildError
 from fusionrt.runtime.backends.tensorrt.profiles import default_profile, parse_spec, profiles_for
 
 
@@ -178,7 +179,6 @@ def test_cli_build_reports_size_time_profiles_and_the_cross_check(copy, capsys, 
 def test_polygraphy_path_without_tensorrt_is_a_build_error_on_one_line(bundle):
     """The real Polygraphy loaders: without TensorRT they stop at their lazy import."""
     from fusionrt.engine.build import polygraphy_build_plan
-    from fusionrt.runtime.backends.tensorrt.errors import BuildError
 
     try:
         import tensorrt  # noqa: F401
@@ -197,7 +197,6 @@ def test_parser_errors_logged_by_polygraphy_end_up_in_the_build_error(bundle, mo
     from polygraphy.logger import G_LOGGER
 
     from fusionrt.engine.build import polygraphy_build_plan
-    from fusionrt.runtime.backends.tensorrt.errors import BuildError
 
     class FailingBuild:
         def __init__(self, network, config=None, save_timing_cache=None):
@@ -212,3 +211,39 @@ def test_parser_errors_logged_by_polygraphy_end_up_in_the_build_error(bundle, mo
     with pytest.raises(BuildError, match=r"Could not parse ONNX correctly \| .*name: /layers\.0/attn/MatMul_1 and "
                                          r"operator: MatMul"):
         polygraphy_build_plan(Path(bundle) / "fusion.onnx", None, Path(bundle) / "unused.cache")
+
+
+def test_a_rebuild_that_fails_midway_leaves_the_previous_plans_valid(copy):
+    """Plans go through one bundle transaction: when the second graph's build fails, the first graph's new
+    plan was never published, so the bundle still verifies (the code before rewrote each plan in place and
+    updated the manifest last: its first plan then no longer matched its recorded hash)."""
+    build_engines(copy, "fp32", environment=fake_environment())
+    before = Bundle.open(copy).manifest["engines"]
+    env = fake_environment()
+    calls = []
+
+    def second_build_fails(onnx_path, config, cache):
+        calls.append(onnx_path.name)
+        if len(calls) == 2:
+            raise BuildError(onnx_path.name, "a plan", "a planted failure")
+        return fake_build_plan(onnx_path, config, cache) + b"rebuilt"
+
+    with pytest.raises(BuildError, match="planted"):  # the tiny bundle has one graph: build it twice in one call
+        build_engines(copy, "fp32", graphs=["fusion", "fusion"],
+                      environment=BuildEnvironment(env.trt, env.device, second_build_fails))
+    assert len(calls) == 2
+    assert Bundle.open(copy).manifest["engines"] == before  # every hash checked: the old plans, untouched
+
+
+def test_a_rebuild_under_the_same_plan_name_replaces_the_plan(copy):
+    build_engines(copy, "fp32", graphs=["fusion"], environment=fake_environment())
+    before = Bundle.open(copy)
+    ((file, entry),) = before.manifest["engines"].items()
+    old_bytes = before.file(file).read_bytes()
+    build_engines(copy, "fp32", graphs=["fusion"], profile_specs=[parse_spec("B=1:2:3")],
+                  environment=fake_environment())
+    after = Bundle.open(copy)  # every hash, the new plan's included
+    ((new_file, new_entry),) = after.manifest["engines"].items()
+    assert new_file == file and new_entry["plan_sha256"] != entry["plan_sha256"]
+    assert after.file(new_file).read_bytes() != old_bytes
+    assert sorted(p.name for p in (copy / "engines").glob("*.plan")) == [file.split("/")[1]]

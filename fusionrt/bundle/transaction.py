@@ -178,7 +178,7 @@ class BundleTransaction:
                 pending = []
             live = self._live_files()
             for name in pending if isinstance(pending, list) else []:
-                if isinstance(name, str) and Path(name).name == name and name not in live and name != MANIFEST:
+                if isinstance(name, str) and is_bundle_file_name(name) and name not in live:
                     (self.path / name).unlink(missing_ok=True)
             journal.unlink(missing_ok=True)
         live = read_manifest(self.path)
@@ -207,14 +207,21 @@ class BundleTransaction:
         return copy.deepcopy(self.bundle.manifest)
 
     def new_file(self, name: str) -> Path:
-        """A path to write the new version of bundle file ``name`` to (registered at :meth:`commit`)."""
+        """A path to write the new version of bundle file ``name`` to (registered at :meth:`commit`): a plain
+        name, or ``engines/<plain name>`` for a TensorRT plan."""
         if self._lock_fd is None:
             raise RuntimeError("BundleTransaction.new_file outside its `with` block")
-        if Path(name).name != name or name in (".", "..", MANIFEST, LOCK_FILE, JOURNAL_FILE) or name.startswith("."):
-            raise BundleError("bundle file name", "a plain, visible file name inside the bundle", repr(name))
+        leaf = name.rpartition("/")[2]
+        if not is_bundle_file_name(name) or name in (LOCK_FILE, JOURNAL_FILE) or leaf.startswith("."):
+            raise BundleError("bundle file name", "a plain, visible file name inside the bundle (or engines/NAME)",
+                              repr(name))
         if name in self._created:
             return self.path / self._created[name]
-        on_disk = _fresh_name(self.path, name, self._live_files() | set(self._created.values()))
+        folder = name.rpartition("/")[0]
+        (self.path / folder).mkdir(exist_ok=True)
+        taken = {n.rpartition("/")[2] for n in self._live_files() | set(self._created.values())
+                 if n.rpartition("/")[0] == folder}
+        on_disk = "/".join(filter(None, (folder, _fresh_name(self.path / folder, leaf, taken))))
         self._journal(on_disk)
         self._created[name] = on_disk
         return self.path / on_disk
@@ -230,7 +237,7 @@ class BundleTransaction:
         """Publish: the files from :meth:`new_file` / :meth:`adopt`, plus ``files`` (names already in the
         bundle, re-hashed), ``precisions`` (graph -> precision -> file name) and top-level ``sections``.
         ``manifest``: start from this manifest instead of the current one (a whole new bundle, for export).
-        Returns the bundle as published, re-opened and verified."""
+        Returns the bundle as published (its manifest re-read; see below for why it is not re-hashed)."""
         if self._lock_fd is None or self.committed:
             raise RuntimeError("BundleTransaction.commit outside its `with` block or twice")
         old = self.manifest
@@ -273,7 +280,9 @@ class BundleTransaction:
         fault_point("garbage-collected")
         self._restore_names(new, renamed)
         (self.path / JOURNAL_FILE).unlink(missing_ok=True)
-        self.bundle = Bundle.open(self.path)
+        # Not re-hashed: every file it lists was hashed on the way in (new files) or when the transaction
+        # began (verify=True), and nobody else writes while we hold the lock.
+        self.bundle = Bundle.open(self.path, verify=False)
         return self.bundle
 
     def _publish(self, manifest: dict[str, Any]) -> None:
@@ -282,14 +291,14 @@ class BundleTransaction:
 
     def _collect(self, old: dict[str, Any], new: dict[str, Any]) -> None:
         for name in set(old.get("files", {})) - set(new["files"]):
-            if Path(name).name == name:
+            if is_bundle_file_name(name):
                 (self.path / name).unlink(missing_ok=True)
 
     def _restore_names(self, manifest: dict[str, Any], renamed: dict[str, str]) -> None:
         """Give freshly named files their own names back: link, publish, unlink (each step crash-safe)."""
         back = {}
         for name, on_disk in renamed.items():
-            if Path(name).name != name or name.startswith(".") or name == MANIFEST or (self.path / name).exists():
+            if not is_bundle_file_name(name) or name.rpartition("/")[2].startswith(".") or (self.path / name).exists():
                 continue  # a file no manifest lists but not ours to remove: keep the fresh name
             self._journal(name)
             try:

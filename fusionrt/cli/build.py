@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     built = build_engines(args.bundle, args.precision, graphs=args.graph, profile_specs=specs, options=options,
                           progress=progress_for(args.quiet), environment=environment)
 
-    bundle = Bundle.open(args.bundle, verify=False)
+    bundle = Bundle.open(args.bundle, verify=False)  # the manifest as the build published it (no re-hash)
     for engine in built:
         e = engine.entry
         print(f"{e.file}: {engine.plan_bytes / 2**20:.1f} MiB, built in {engine.seconds:.1f} s "

@@ -1,13 +1,14 @@
 """``build_engines``: parse each graph strongly typed through Polygraphy, build, write the plan, record it.
 
 Order matters for "nothing written on failure": requirements (full TensorRT and a CUDA device) are
-checked before anything touches the bundle; each plan is written atomically; the manifest is rewritten
-last, once, with every new plan's entry.
+checked before anything touches the bundle; plans are written inside one bundle transaction and published
+with one manifest rename, with every new plan's entry.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import sys
 import time
@@ -17,11 +18,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from fusionrt.bundle.manifest import Bundle, sha256_file
-from fusionrt.bundle.transaction import update_manifest
+from fusionrt.bundle.transaction import BundleTransaction
 from fusionrt.engine.config import BuildOptions, create_config
 from fusionrt.errors import InputError
-from fusionrt.io import atomic_write_bytes
 from fusionrt.progress import SILENT, Progress
 from fusionrt.runtime.backends.tensorrt.device import DeviceInfo, cuda_device
 from fusionrt.runtime.backends.tensorrt.entries import SECTION, EngineEntry, engine_filename, timing_cache_filename
@@ -107,46 +106,53 @@ def build_engines(bundle_dir: str | Path, precision: str, *, graphs: Sequence[st
                   profile_specs: Sequence[Mapping[str, tuple[int, int, int]]] = (),
                   options: BuildOptions | None = None, progress: Progress = SILENT,
                   environment: BuildEnvironment | None = None) -> list[BuiltEngine]:
-    """Build an engine of every graph (or of ``graphs``) that has ``precision``; record them in the manifest."""
+    """Build an engine of every graph (or of ``graphs``) that has ``precision``; record them in the manifest.
+
+    One :class:`BundleTransaction`: the bundle is opened (and hash-checked) once under its lock, every plan is
+    written under a name no live manifest lists, and all of them are published with one manifest rename, so a
+    reader never sees a plan whose bytes do not match its entry (a rebuild under the same name included)."""
     env = environment or require_build_environment()
     options = options or BuildOptions()
-    bundle = Bundle.open(bundle_dir)
-    names = list(graphs) if graphs else [g for g, spec in bundle.graphs.items() if precision in spec.precisions]
-    if not names:
-        raise InputError("--precision", f"a precision some graph of the bundle has "
-                         f"({ {g: sorted(s.precisions) for g, s in bundle.graphs.items()} })", repr(precision))
-    specs = [bundle.graph(n) for n in names]
-    unknown = unknown_symbols(specs, profile_specs)
-    if unknown:
-        raise InputError("--profiles", f"dims of the graphs built ({sorted({s for g in specs for s in g.dims})})",
-                         f"unknown dims {unknown}")
-    version = env.tensorrt_version
-    cache = Path(options.timing_cache) if options.timing_cache else bundle.path / timing_cache_filename(env.device,
-                                                                                                         version)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    built = []
-    for graph in progress.iterate(specs, f"build {precision}", unit="engine"):
-        onnx_path = bundle.graph_path(graph.name, precision)
-        profiles = profiles_for(graph, profile_specs)
-        config = create_config(env.trt, graph, profiles, options, cache)
-        start = time.perf_counter()
-        plan = env.build_plan(onnx_path, config, cache)
-        seconds = time.perf_counter() - start
-        if not plan:
-            raise BuildError(onnx_path.name, "a serialized engine", "nothing (the builder returned no plan)")
-        file = engine_filename(graph.name, precision, env.device, version)
-        atomic_write_bytes(bundle.path / file, plan)
-        onnx_file = onnx_path.relative_to(bundle.path).as_posix()
-        entry = EngineEntry(
-            file=file, graph=graph.name, precision=precision, tensorrt=version, gpu=env.device.name,
-            compute_capability=env.device.compute_capability, version_compatible=options.version_compatible,
-            profiles=[p.to_dict() for p in profiles], onnx_file=onnx_file,
-            onnx_sha256=bundle.manifest["files"][onnx_file]["sha256"], plan_sha256=sha256_file(bundle.path / file),
-            build_seconds=round(seconds, 3), builder_options={**options.to_dict(), "timing_cache": str(cache)},
-        )
-        built.append(BuiltEngine(entry, len(plan), seconds))
-        progress.note(f"{file}: {len(plan) / 2**20:.1f} MiB in {seconds:.1f} s")
-    section = dict(bundle.manifest.get(SECTION) or {})
-    section.update({b.entry.file: b.entry.to_dict() for b in built})
-    update_manifest(bundle.path, files=[b.entry.file for b in built], sections={SECTION: section})
+    with BundleTransaction(bundle_dir) as tx:
+        bundle = tx.bundle
+        assert bundle is not None
+        names = list(graphs) if graphs else [g for g, spec in bundle.graphs.items() if precision in spec.precisions]
+        if not names:
+            raise InputError("--precision", f"a precision some graph of the bundle has "
+                             f"({ {g: sorted(s.precisions) for g, s in bundle.graphs.items()} })", repr(precision))
+        specs = [bundle.graph(n) for n in names]
+        unknown = unknown_symbols(specs, profile_specs)
+        if unknown:
+            raise InputError("--profiles", f"dims of the graphs built ({sorted({s for g in specs for s in g.dims})})",
+                             f"unknown dims {unknown}")
+        version = env.tensorrt_version
+        cache = Path(options.timing_cache) if options.timing_cache else \
+            bundle.path / timing_cache_filename(env.device, version)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        built = []
+        for graph in progress.iterate(specs, f"build {precision}", unit="engine"):
+            onnx_path = bundle.graph_path(graph.name, precision)
+            profiles = profiles_for(graph, profile_specs)
+            config = create_config(env.trt, graph, profiles, options, cache)
+            start = time.perf_counter()
+            plan = env.build_plan(onnx_path, config, cache)
+            seconds = time.perf_counter() - start
+            if not plan:
+                raise BuildError(onnx_path.name, "a serialized engine", "nothing (the builder returned no plan)")
+            file = engine_filename(graph.name, precision, env.device, version)
+            tx.new_file(file).write_bytes(plan)
+            onnx_file = onnx_path.relative_to(bundle.path).as_posix()
+            entry = EngineEntry(
+                file=file, graph=graph.name, precision=precision, tensorrt=version, gpu=env.device.name,
+                compute_capability=env.device.compute_capability, version_compatible=options.version_compatible,
+                profiles=[p.to_dict() for p in profiles], onnx_file=onnx_file,
+                onnx_sha256=bundle.manifest["files"][onnx_file]["sha256"],
+                plan_sha256=hashlib.sha256(plan).hexdigest(), build_seconds=round(seconds, 3),
+                builder_options={**options.to_dict(), "timing_cache": str(cache)},
+            )
+            built.append(BuiltEngine(entry, len(plan), seconds))
+            progress.note(f"{file}: {len(plan) / 2**20:.1f} MiB in {seconds:.1f} s")
+        section = dict(bundle.manifest.get(SECTION) or {})
+        section.update({b.entry.file: b.entry.to_dict() for b in built})
+        tx.commit(sections={SECTION: section})
     return built

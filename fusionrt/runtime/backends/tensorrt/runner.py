@@ -232,7 +232,7 @@ class TensorRTRunner(Runner):
         self.device = device = cuda_device(self._device_index, cudart)  # before any TensorRT object exists
         trt = import_tensorrt(allow_lean=True)
         entry = select_engine(self.bundle, self.graph.name, self.precision, version_of(trt), device, is_lean(trt))
-        plan = (self.bundle.path / entry.file).read_bytes()
+        plan = self.bundle.file(entry.file).read_bytes()
         digest = hashlib.sha256(plan).hexdigest()
         if digest != entry.plan_sha256:
             raise BackendError(entry.file, f"sha256 {entry.plan_sha256} as recorded at build",
