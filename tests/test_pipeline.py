@@ -209,3 +209,49 @@ def test_junit_counts(tmp_path):
     root = ET.parse(write_junit(tmp_path / "j.xml", gates)).getroot()
     assert (root.get("tests"), root.get("failures"), root.get("skipped")) == ("3", "1", "1")
     assert root.find("testcase[@name='b']/failure").get("message") == "too far"
+
+
+def test_one_run_verifies_the_bundle_once_per_stage_and_builds_one_reference(tmp_path, monkeypatch):
+    """fp16's accuracy budget, the accuracy tables and parity share one held-out set and one PyTorch reference:
+    one torch Session per graph for the whole run (the code before gave one per consumer and per candidate),
+    and no stage re-hashes the bundle more than once."""
+    import fusionrt.pipeline.run as pipeline_run
+    from fusionrt.parity import heldout as heldout_module
+    from fusionrt.runtime import session as session_module
+
+    verified, torch_sessions, heldouts, per_stage, current = [], [], [], {}, [""]
+    real_verify, real_heldout = Bundle.verify, heldout_module.Heldout.__init__
+    real_init = session_module.Session.__init__
+    real_stage = pipeline_run._Run.stage
+
+    def verify(self):
+        verified.append(self.path)
+        return real_verify(self)
+
+    def session_init(self, bundle, backend="onnxruntime", graph="fusion", *args, **kwargs):
+        if backend == "torch" and current[0] != "export":  # export verifies against the module it exported
+            torch_sessions.append(graph)
+        return real_init(self, bundle, backend, graph, *args, **kwargs)
+
+    def heldout_init(self, *args, **kwargs):
+        heldouts.append(args)
+        return real_heldout(self, *args, **kwargs)
+
+    def stage(self, index, name, *args, **kwargs):
+        before, current[0] = len(verified), name
+        try:
+            return real_stage(self, index, name, *args, **kwargs)
+        finally:
+            per_stage[name] = len(verified) - before
+
+    monkeypatch.setattr(Bundle, "verify", verify)
+    monkeypatch.setattr(session_module.Session, "__init__", session_init)
+    monkeypatch.setattr(heldout_module.Heldout, "__init__", heldout_init)
+    monkeypatch.setattr(pipeline_run._Run, "stage", stage)
+    out = tmp_path / "bundle"
+    assert main(["pipeline", "--out", str(out), "--precisions", "fp32,fp16", "--calib-samples", "40",
+                 "--parity-scenes", "6", "--heldout-scenes", "12", "--skip-bench", "-q"]) == 0
+    assert set(per_stage) == {"export", "calibrate", "fp16", "parity", "report"}
+    assert max(per_stage.values()) <= 1, per_stage
+    assert len(heldouts) == 1
+    assert sorted(torch_sessions) == ["fusion", "region_encoder"]

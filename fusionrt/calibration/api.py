@@ -115,12 +115,12 @@ def _publish(tx: BundleTransaction, staged: dict[str, Path], precisions: Sequenc
     return tx.commit(precisions=graphs, sections={"quantization": quantization})
 
 
-def fp32_keep_set(bundle_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLDS,
+def fp32_keep_set(bundle_dir: str | Path | Bundle, thresholds: Thresholds = DEFAULT_THRESHOLDS,
                   progress: Progress = SILENT) -> dict[str, str]:
     """Node name -> reason, for the nodes of the bundle's fp32 fusion graph that must stay FP32 in a
     half-precision (FP16 or BF16) copy, measured on the bundle's calibration set (see
     :mod:`fusionrt.calibration.autocast`). Pass its keys to :func:`convert_mixed_precision`."""
-    bundle = Bundle.open(bundle_dir)
+    bundle = bundle_dir if isinstance(bundle_dir, Bundle) else Bundle.open(bundle_dir)
     fp32 = fp32_fusion_path(bundle)
     data = load_calibration(bundle)
     progress.note(f"measuring activations over {len(data)} calibration samples (single and in padded batches)")
@@ -149,7 +149,7 @@ def _quantize_fp16(tx: BundleTransaction, keep_fp32_nodes: Sequence[str] | None,
     budget = budget or BUDGETS["fp16"]
     started = time.perf_counter()
     if keep_fp32_nodes is None:
-        reasons = fp32_keep_set(bundle.path, thresholds, progress)
+        reasons = fp32_keep_set(bundle, thresholds, progress)
         source = {"from": "calibration set", "thresholds": thresholds.to_dict(),
                   "calibration_sha256": bundle.manifest["calibration"].get("sha256")}
     else:

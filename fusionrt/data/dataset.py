@@ -63,6 +63,19 @@ class QASet:
     def __len__(self) -> int:
         return int(self.scene_index.shape[0])
 
+    def first_scenes(self, scenes: int) -> QASet:
+        """The questions and regions of the first ``scenes`` scenes (questions are stored scene by scene)."""
+        scenes = max(0, min(scenes, len(self.region_offsets) - 1))
+        questions = int(np.searchsorted(self.scene_index, scenes))
+        regions = int(self.region_offsets[scenes])
+        return QASet(
+            crops=self.crops[:regions], geometry=self.geometry[:regions],
+            region_offsets=self.region_offsets[: scenes + 1], scene_index=self.scene_index[:questions],
+            input_ids=self.input_ids[:questions], text_mask=self.text_mask[:questions],
+            answer_index=self.answer_index[:questions], kind_index=self.kind_index[:questions],
+            region_attributes=self.region_attributes[:regions], referent_token=self.referent_token[:questions],
+            referent_x=self.referent_x[:questions])
+
     def regions_of(self, question: int) -> slice:
         scene = self.scene_index[question]
         return slice(int(self.region_offsets[scene]), int(self.region_offsets[scene + 1]))

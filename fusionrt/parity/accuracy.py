@@ -1,9 +1,9 @@
 """Accuracy per precision and question kind, and per-question error against fp32 PyTorch, on held-out scenes.
 
-One held-out question set is built once (render, detect, tokenize; regions through the bundle's fp32
-region encoder); the PyTorch fp32 fusion module and every precision's graph then run on the same
-batches. Per question it keeps the max abs error of the logits and of ``hidden`` (real tokens only),
-the distributions the report plots.
+The run's one :class:`fusionrt.parity.heldout.Heldout` set (regions through the bundle's fp32 region
+encoder) and its PyTorch fp32 reference are reused; every precision's graph runs on the same batches. Per
+question it keeps the max abs error of the logits and of ``hidden`` (real tokens only), the distributions the
+report plots.
 """
 
 from __future__ import annotations
@@ -15,10 +15,8 @@ import numpy as np
 
 from fusionrt.bundle.manifest import Bundle
 from fusionrt.data.questions import QUESTION_KINDS
-from fusionrt.parity.scenes import encode_scene_regions, heldout_questions, question_batches
+from fusionrt.parity.heldout import BATCH, Heldout
 from fusionrt.runtime.session import Session
-
-BATCH = 64
 
 
 def _outputs(session: Session, batches: list[dict[str, np.ndarray]]) -> tuple[list[np.ndarray], np.ndarray]:
@@ -40,11 +38,13 @@ def _per_question_hidden_error(ref: list[np.ndarray], cand: list[np.ndarray],
 
 
 def accuracy_by_kind(bundle: Bundle, precisions: Sequence[str], scenes: int = 200, backend: str = "onnxruntime",
-                     torch_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Accuracy overall and per kind of fp32 PyTorch and of each precision on ``backend``; per-question errors."""
-    qa = heldout_questions(bundle, scenes)
-    visual, visual_mask = encode_scene_regions(bundle, qa)
-    batches = question_batches(bundle, qa, visual, visual_mask, BATCH)
+                     torch_options: dict[str, Any] | None = None, heldout: Heldout | None = None) -> dict[str, Any]:
+    """Accuracy overall and per kind of fp32 PyTorch and of each precision on ``backend``; per-question errors.
+
+    ``heldout``: the run's shared held-out set and reference (then ``scenes`` and ``torch_options`` are its own)."""
+    if heldout is None:
+        heldout = Heldout(bundle, scenes, BATCH, torch_options=torch_options)
+    qa, batches = heldout.qa, heldout.batches
     kinds = [QUESTION_KINDS[k] for k in qa.kind_index]
 
     def summary(pred: np.ndarray) -> dict[str, Any]:
@@ -53,8 +53,8 @@ def accuracy_by_kind(bundle: Bundle, precisions: Sequence[str], scenes: int = 20
                     if kind in kinds}
         return {"overall": float(correct.mean()), "per_kind": per_kind}
 
-    with Session(bundle, "torch", "fusion", "fp32", **(torch_options or {})) as reference:
-        ref_hidden, ref_logits = _outputs(reference, batches)
+    ref_hidden = [out["hidden"] for out in heldout.reference_outputs]
+    ref_logits = heldout.reference("logits")
     ref_pred = ref_logits.argmax(axis=1)
     results: dict[str, Any] = {"torch fp32": {**summary(ref_pred), "agreement": 1.0}}
     errors: dict[str, dict[str, list[float]]] = {}
@@ -69,5 +69,5 @@ def accuracy_by_kind(bundle: Bundle, precisions: Sequence[str], scenes: int = 20
             "hidden_max_abs": _per_question_hidden_error(ref_hidden, hidden, batches).tolist(),
         }
     counts = {kind: kinds.count(kind) for kind in QUESTION_KINDS if kind in kinds}
-    return {"scenes": scenes, "questions": len(qa), "questions_per_kind": counts, "accuracy": results,
+    return {"scenes": heldout.scenes, "questions": len(qa), "questions_per_kind": counts, "accuracy": results,
             "errors": errors}

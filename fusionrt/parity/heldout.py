@@ -1,46 +1,129 @@
-"""Held-out scenes and the fp32 PyTorch reference on them, built once and shared by every accuracy measurement.
+"""One held-out set and one fp32 PyTorch reference per run, shared by every accuracy measurement.
 
-Held-out questions are pre-processed once (render, detect, fp32 region encoder of the bundle,
-tokenizer) into batches; the reference logits come from the PyTorch fusion module the bundle was
-exported from. Every candidate graph then runs on the same batches, so candidates (precisions,
-calibration methods, exclusion sets) are compared on identical inputs.
+:class:`Heldout` pre-processes held-out questions once (render, detect, fp32 region encoder of the bundle,
+tokenizer) into fusion batches, and runs the PyTorch fusion module the bundle was exported from on them once.
+The accuracy budgets (:class:`HeldoutEvaluator`, used by fp16/int8 quantization and ``fusionrt tune``), the
+accuracy tables (:func:`fusionrt.parity.accuracy.accuracy_by_kind`) and the parity stage all read the same
+object, so candidates (precisions, calibration methods, exclusion sets) are compared on identical inputs and
+the reference is computed once. :class:`MemoizedRuns` lets parity reuse the reference side's outputs across
+candidates compared on the same feeds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fusionrt.bundle.manifest import Bundle
+from fusionrt.bundle.spec import FUSION
+from fusionrt.data.dataset import QASet
 from fusionrt.parity.budgets import Measurement
+from fusionrt.parity.compare import Runs
 from fusionrt.parity.scenes import encode_scene_regions, heldout_questions, question_batches
 from fusionrt.progress import SILENT, Progress
 from fusionrt.runtime.backends.onnxrt import session_from_onnx
 from fusionrt.runtime.session import Session
 
 DEFAULT_HELDOUT_SCENES = 500
+BATCH = 64
+
+Feed = dict[str, np.ndarray]
+
+
+class MemoizedRuns:
+    """A runner that computes each distinct feed once: the reference side of several comparisons."""
+
+    def __init__(self, runner: Runs) -> None:
+        self.runner = runner
+        self._outputs: dict[str, dict[str, np.ndarray]] = {}
+        self.calls = 0  # how many feeds really ran (the rest came from memory)
+
+    @staticmethod
+    def key(feed: Mapping[str, np.ndarray]) -> str:
+        digest = hashlib.sha256()
+        for name in sorted(feed):
+            value = np.ascontiguousarray(feed[name])
+            digest.update(f"{name}|{value.dtype}|{value.shape}|".encode())
+            digest.update(value.tobytes())
+        return digest.hexdigest()
+
+    def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        key = self.key(feed)
+        if key not in self._outputs:
+            self.calls += 1
+            self._outputs[key] = self.runner.run(feed)
+        return self._outputs[key]
+
+    def __getattr__(self, name: str) -> Any:  # describe(), close() ... of the wrapped runner
+        return getattr(self.runner, name)
+
+
+class Heldout:
+    """Held-out questions of a bundle's scene world, their fusion batches and the fp32 PyTorch reference on them.
+
+    ``reference``: the fusion runner to take as reference (default: ``Session(bundle, "torch", "fusion",
+    **torch_options)``); it runs once, on first use of :attr:`reference_outputs`.
+    """
+
+    def __init__(self, bundle: Bundle, scenes: int = DEFAULT_HELDOUT_SCENES, batch: int = BATCH,
+                 progress: Progress = SILENT, reference: Runs | None = None,
+                 torch_options: Mapping[str, Any] | None = None) -> None:
+        self.bundle = bundle
+        self.scenes = scenes
+        self.qa: QASet = heldout_questions(bundle, scenes, progress=progress)
+        visual, visual_mask = encode_scene_regions(bundle, self.qa)
+        self.batches: list[Feed] = question_batches(bundle, self.qa, visual, visual_mask, batch)
+        self.labels = self.qa.answer_index
+        self._reference = reference
+        self._torch_options = dict(torch_options or {})
+        self._reference_outputs: list[dict[str, np.ndarray]] | None = None
+        self._progress = progress
+
+    @property
+    def reference_outputs(self) -> list[dict[str, np.ndarray]]:
+        """The reference's outputs on each batch, computed on first use."""
+        if self._reference_outputs is None:
+            self._progress.note(f"fp32 PyTorch reference on {len(self.labels)} held-out questions")
+            if self._reference is not None:
+                self._reference_outputs = [self._reference.run(feed) for feed in self.batches]
+            else:
+                with Session(self.bundle, "torch", FUSION, **self._torch_options) as reference:
+                    self._reference_outputs = [reference.run(feed) for feed in self.batches]
+        return self._reference_outputs
+
+    def reference(self, output: str) -> np.ndarray:
+        """One reference output over every question, batches concatenated (``logits`` [Q, A])."""
+        return np.concatenate([out[output] for out in self.reference_outputs])
+
+    def scene_questions(self, scenes: int) -> QASet:
+        """The questions of the first ``scenes`` held-out scenes: the same scenes parity compares on."""
+        if scenes <= self.scenes:
+            return self.qa.first_scenes(scenes)
+        return heldout_questions(self.bundle, scenes, progress=self._progress)
 
 
 class HeldoutEvaluator:
-    """Held-out batches and fp32 PyTorch reference predictions, built once; :meth:`measure` runs a graph."""
+    """Accuracy and agreement of a candidate fusion graph against the fp32 PyTorch reference on :class:`Heldout`.
 
-    def __init__(self, bundle: Bundle, scenes: int = DEFAULT_HELDOUT_SCENES, batch: int = 64,
-                 progress: Progress = SILENT, reference: Any = None) -> None:
-        self.scenes = scenes
-        qa = heldout_questions(bundle, scenes, progress=progress)
-        visual, visual_mask = encode_scene_regions(bundle, qa)
-        self.batches = question_batches(bundle, qa, visual, visual_mask, batch)
-        self.answers = qa.answer_index
-        progress.note(f"fp32 PyTorch reference on {len(qa)} held-out questions")
-        ref = reference if reference is not None else Session(bundle, "torch", "fusion")
-        self.reference_logits = self._logits(ref.run)
+    Pass ``heldout`` to share one held-out set and reference between evaluators and stages; otherwise one is
+    built from ``bundle``, ``scenes``, ``batch``, ``progress`` and ``reference``.
+    """
+
+    def __init__(self, bundle: Bundle, scenes: int = DEFAULT_HELDOUT_SCENES, batch: int = BATCH,
+                 progress: Progress = SILENT, reference: Any = None, heldout: Heldout | None = None) -> None:
+        self.heldout = heldout if heldout is not None else Heldout(bundle, scenes, batch, progress, reference)
+        self.scenes = self.heldout.scenes
+        self.batches = self.heldout.batches
+        self.answers = self.heldout.labels
+        self.reference_logits = self.heldout.reference("logits")
         self.reference_pred = self.reference_logits.argmax(axis=1)
         self.reference_accuracy = float((self.reference_pred == self.answers).mean())
 
-    def _logits(self, run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]) -> np.ndarray:
+    def _logits(self, run: Callable[[Feed], dict[str, np.ndarray]]) -> np.ndarray:
         return np.concatenate([run(feed)["logits"] for feed in self.batches])
 
     def measure_path(self, onnx_path: str | Path, threads: int | None = None) -> Measurement:
@@ -49,7 +132,7 @@ class HeldoutEvaluator:
         names = [o.name for o in session.get_outputs()]
         return self.measure(lambda feed: dict(zip(names, session.run(names, feed), strict=True)))
 
-    def measure(self, run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]) -> Measurement:
+    def measure(self, run: Callable[[Feed], dict[str, np.ndarray]]) -> Measurement:
         logits = self._logits(run)
         pred = logits.argmax(axis=1)
         error = np.abs(logits.astype(np.float64) - self.reference_logits)

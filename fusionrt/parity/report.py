@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fusionrt.bundle.manifest import Bundle
-from fusionrt.parity.compare import GridResult, Tolerance, compare_grid
+from fusionrt.bundle.manifest import VQA_TASK, Bundle
+from fusionrt.data.dataset import QASet
+from fusionrt.parity.compare import GridResult, Runs, Tolerance, compare_grid
 from fusionrt.parity.gates import Failure, Gates, gates_for
 from fusionrt.parity.grid import grid_points
 from fusionrt.parity.scenes import SceneResult, compare_scenes, heldout_questions
@@ -103,26 +105,34 @@ def run_parity(bundle: str | Path | Bundle, reference: str = "torch", candidate:
                reference_precision: str = "fp32", candidate_precision: str = "fp32", scenes: int = 200,
                gates: Gates | None = None, tolerance: Tolerance | None = None, seed: int = 0,
                reference_options: dict[str, Any] | None = None, candidate_options: dict[str, Any] | None = None,
+               questions: QASet | None = None, reference_runners: Mapping[str, Runs] | None = None,
                progress: Progress = SILENT) -> ParityReport:
     """Compare ``candidate`` against ``reference`` on every graph's shape grid and on ``scenes`` held-out scenes.
 
     ``gates`` default to :func:`gates_for` the candidate's precision; ``tolerance`` (older API) sets fp32-style
     gates instead. Scenes need the bundle's region encoder and tokenizer; a bundle of a foreign fusion
     module is compared on the grid only.
+
+    To compare several candidates against one reference, pass the same ``questions`` (held-out scene questions,
+    e.g. :meth:`fusionrt.parity.heldout.Heldout.scene_questions`) and ``reference_runners`` (graph -> runner,
+    e.g. :class:`fusionrt.parity.heldout.MemoizedRuns` over reference Sessions): the reference then runs each
+    feed once for all of them. The caller keeps and closes the runners it passes.
     """
     opened = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
     if gates is None:
         gates = tolerance.to_gates() if tolerance is not None else gates_for(opened, candidate_precision)
-    sides: dict[str, dict[str, Session]] = {"reference": {}, "candidate": {}}
+    sides: dict[str, dict[str, Any]] = {"reference": dict(reference_runners or {}), "candidate": {}}
     for graph in opened.graphs:
-        sides["reference"][graph] = Session(opened, reference, graph, reference_precision, **(reference_options or {}))
+        if graph not in sides["reference"]:
+            sides["reference"][graph] = Session(opened, reference, graph, reference_precision,
+                                                **(reference_options or {}))
         sides["candidate"][graph] = Session(opened, candidate, graph, candidate_precision, **(candidate_options or {}))
     grids = [compare_grid(graph, sides["reference"][graph], sides["candidate"][graph],
                           grid_points(opened.graph(graph), seed=seed), progress)
              for graph in opened.graphs]
     scene_result = None
-    if scenes > 0 and "region_encoder" in opened.graphs and "tokenizer.json" in opened.manifest["files"]:
-        qa = heldout_questions(opened, scenes, progress=progress)
+    if scenes > 0 and opened.task == VQA_TASK:  # the scene world's questions: only a bundle of our VQA task
+        qa = questions if questions is not None else heldout_questions(opened, scenes, progress=progress)
         batch = min(64, opened.graph("fusion").dims["B"].max)
         scene_result = compare_scenes(sides["reference"], sides["candidate"], qa,
                                       int(opened.model["visual_dim"]), batch, progress)

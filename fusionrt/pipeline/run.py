@@ -26,21 +26,14 @@ from fusionrt.bench import BenchConfig, run_bench
 from fusionrt.bundle.manifest import MANIFEST, Bundle, is_bundle
 from fusionrt.bundle.source import checkpoint_files_sha256
 from fusionrt.bundle.transaction import BundleTransaction
-from fusionrt.calibration import (
-    BUDGETS,
-    METHODS,
-    BudgetExceededError,
-    HeldoutEvaluator,
-    calibrate,
-    quantize_fp16,
-    quantize_int8,
-)
+from fusionrt.calibration import BUDGETS, METHODS, BudgetExceededError, calibrate, quantize_fp16, quantize_int8
 from fusionrt.engine.stage import build_all_engines, engine_unavailable_reason
 from fusionrt.errors import FusionrtError, InputError
 from fusionrt.export import VerificationError, export_checkpoint
 from fusionrt.io import atomic_write_json, json_safe
 from fusionrt.parity import gates_for, run_parity
 from fusionrt.parity.accuracy import accuracy_by_kind
+from fusionrt.parity.heldout import Heldout, HeldoutEvaluator, MemoizedRuns
 from fusionrt.pipeline.lock import bundle_lock
 from fusionrt.pipeline.result import Gate, PipelineResult, StageRecord
 from fusionrt.progress import SILENT, Progress
@@ -123,7 +116,10 @@ class _Run:
         self.result = PipelineResult(str(self.out))
         self.recorded: dict[str, Any] = {}
         self.keys: dict[str, str] = {}
-        self._evaluator: Any = None
+        self.current: Bundle | None = None  # the bundle as last published (verified at the start, then ours)
+        self._heldout: Heldout | None = None
+        self._evaluator: HeldoutEvaluator | None = None
+        self._reference_runners: dict[str, MemoizedRuns] = {}
         self.stage_dir = self.out / ".pipeline-stage"
 
     def clean_staging(self) -> None:
@@ -152,11 +148,11 @@ class _Run:
             raise InputError("--out", f"a bundle exported from {self.checkpoint} (or pass --force to replace it)",
                              f"{self.out}, a bundle of another checkpoint ({source})")
         try:
-            bundle = Bundle.open(self.out)  # every file's size and sha256
+            self.current = Bundle.open(self.out)  # every file's size and sha256: the run's one full check
         except FusionrtError as exc:
             self.log(f"bundle failed verification ({exc}); every stage is redone")
             return
-        self.recorded = bundle.manifest.get("pipeline", {}).get("stages", {})
+        self.recorded = self.current.manifest.get("pipeline", {}).get("stages", {})
 
     def record(self, name: str, seconds: float, summary: dict[str, Any], files: Sequence[str] = ()) -> None:
         """Move ``files`` from the stage's staging dir into the bundle, register them and mark stage ``name``
@@ -169,7 +165,7 @@ class _Run:
                             "summary": summary}
             section = {"checkpoint": {"path": str(self.checkpoint), "files": self.checkpoint_files},
                        "stages": stages}
-            tx.commit(sections={"pipeline": section})
+            self.current = tx.commit(sections={"pipeline": section})
         self.recorded = stages
 
     def reusable(self, name: str) -> dict[str, Any] | None:
@@ -177,7 +173,15 @@ class _Run:
         return entry if entry and entry.get("key") == self.keys[name] else None
 
     def bundle(self) -> Bundle:
-        return Bundle.open(self.out, verify=False)  # verified once at the start, then written only by us
+        """The bundle as the last stage published it (verified once at the start, then written only by us)."""
+        if self.current is None:
+            raise InputError("--out", "a bundle (the export stage writes it)", f"nothing usable at {self.out}")
+        return self.current
+
+    def refresh(self) -> Bundle:
+        """Re-read the manifest after a stage API (calibrate, quantize) published through its own transaction."""
+        self.current = Bundle.open(self.out, verify=False)
+        return self.current
 
     def graph_hashes(self, precisions: Sequence[str]) -> dict[str, str]:
         bundle = self.bundle()
@@ -194,14 +198,32 @@ class _Run:
         present = self.bundle().graph("fusion").precisions
         return [g for p in self.config.precisions for g in GRAPHS_OF[p] if g in present]
 
-    def evaluator(self) -> Any:
-        """Held-out batches and PyTorch reference logits, built once for fp16 and int8."""
+    def heldout(self) -> Heldout:
+        """The run's one held-out set and fp32 PyTorch reference: fp16, int8, the accuracy tables and parity."""
+        if self._heldout is None:
+            self._heldout = Heldout(self.bundle(), self.config.heldout_scenes, progress=self.progress,
+                                    reference=self.reference_runners()["fusion"])
+        return self._heldout
+
+    def evaluator(self) -> HeldoutEvaluator:
+        """The accuracy budgets' view of :meth:`heldout`, for fp16 and int8."""
         if self._evaluator is None:
-            bundle = Bundle.open(self.out)
-            reference = Session(bundle, "torch", "fusion", "fp32", **self.config.torch_options)
-            self._evaluator = HeldoutEvaluator(bundle, self.config.heldout_scenes, progress=self.progress,
-                                               reference=reference)
+            self._evaluator = HeldoutEvaluator(self.bundle(), heldout=self.heldout())
         return self._evaluator
+
+    def reference_runners(self) -> dict[str, MemoizedRuns]:
+        """fp32 PyTorch Sessions of every graph, each feed run once for all the comparisons of this run."""
+        if not self._reference_runners:
+            bundle = self.bundle()
+            self._reference_runners = {
+                graph: MemoizedRuns(Session(bundle, "torch", graph, "fp32", **self.config.torch_options))
+                for graph in bundle.graphs}
+        return self._reference_runners
+
+    def close(self) -> None:
+        for runner in self._reference_runners.values():
+            runner.close()
+        self._reference_runners = {}
 
     def note(self, text: str) -> None:
         self.progress.note(f"  {text}")
@@ -258,10 +280,16 @@ def _export(run: _Run) -> tuple[dict[str, Any], list[str]]:
         export_checkpoint(run.checkpoint, run.out, progress=run.progress)
     except VerificationError as exc:
         return {"verification": {"passed": False, "failures": exc.failures[:20]}}, []
-    verification = Bundle.open(run.out).manifest["verification"]
+    verification = run.refresh().manifest["verification"]  # export verified every graph it wrote
     run.recorded = {}  # a fresh bundle: nothing downstream survives an export
     return {"verification": {"passed": True, "graphs": verification["graphs"],
                              "tolerance": verification["tolerance"]}}, []
+
+
+def _engines(run: _Run) -> tuple[dict[str, Any], list[str]]:
+    built = build_all_engines(run.out, run.graphs(), run.progress)
+    run.refresh()
+    return built, []
 
 
 def _export_gates(summary: dict[str, Any]) -> list[Gate]:
@@ -277,6 +305,7 @@ def _export_gates(summary: dict[str, Any]) -> list[Gate]:
 
 def _calibrate(run: _Run) -> tuple[dict[str, Any], list[str]]:
     record = calibrate(run.out, samples=run.config.calib_samples, progress=run.progress)
+    run.refresh()
     return {"samples": record["samples"], "sha256": record["sha256"]}, []
 
 
@@ -284,9 +313,11 @@ def _quantize(run: _Run, precision: str) -> tuple[dict[str, Any], list[str]]:
     try:
         if precision == "fp16":
             report = quantize_fp16(run.out, evaluator=run.evaluator(), progress=run.progress)
+            run.refresh()
             return {"graphs": {"fp16": report["heldout"]}}, []
         report = quantize_int8(run.out, method=run.config.calib_method, evaluator=run.evaluator(),
                                progress=run.progress)
+        run.refresh()
         return {"graphs": {p: g["heldout"] for p, g in report["graphs"].items()}}, []
     except BudgetExceededError as exc:
         graphs = exc.report.get("graphs") or {precision: exc.report.get("heldout", {})}
@@ -310,7 +341,9 @@ def _accuracy_gates(stage: str) -> Callable[[dict[str, Any]], list[Gate]]:
 
 
 def _parity(run: _Run) -> tuple[dict[str, Any], list[str]]:
-    bundle = Bundle.open(run.out, verify=False)
+    bundle = run.bundle()
+    heldout = run.heldout()
+    questions = heldout.scene_questions(run.config.parity_scenes)
     reports, summary = [], {"checks": []}
     for backend in run.config.backends:
         for precision in run.graphs():
@@ -318,8 +351,8 @@ def _parity(run: _Run) -> tuple[dict[str, Any], list[str]]:
             run.note(f"parity {precision} on {backend} vs fp32 PyTorch")
             started = time.perf_counter()
             report = run_parity(bundle, "torch", backend, candidate_precision=precision,
-                                scenes=run.config.parity_scenes, gates=gates,
-                                reference_options=run.config.torch_options)
+                                scenes=run.config.parity_scenes, gates=gates, questions=questions,
+                                reference_runners=run.reference_runners())
             data = json_safe(report.to_dict())
             reports.append(data)
             summary["checks"].append({
@@ -330,8 +363,7 @@ def _parity(run: _Run) -> tuple[dict[str, Any], list[str]]:
                 "table": report.table()})
     atomic_write_json(run.stage_dir / PARITY_FILE, reports)
     run.note("accuracy per question kind")
-    accuracy = accuracy_by_kind(bundle, run.graphs(), run.config.parity_scenes, run.config.backends[0],
-                                run.config.torch_options)
+    accuracy = accuracy_by_kind(bundle, run.graphs(), backend=run.config.backends[0], heldout=heldout)
     atomic_write_json(run.stage_dir / ACCURACY_FILE, accuracy)
     return summary, [PARITY_FILE, ACCURACY_FILE]
 
@@ -347,7 +379,7 @@ def _parity_gates(summary: dict[str, Any]) -> list[Gate]:
 def _bench(run: _Run) -> tuple[dict[str, Any], list[str]]:
     config = BenchConfig(backends=run.config.backends, precisions=run.graphs(), runs=run.config.bench_runs,
                          threads=run.config.threads, concurrency=2, torch_options=run.config.torch_options)
-    report = run_bench(run.out, config)
+    report = run_bench(run.bundle(), config)
     atomic_write_json(run.stage_dir / BENCH_FILE, json_safe(report))
     best = {}
     for row in report["rows"]:
@@ -389,7 +421,7 @@ def _run_stages(run: _Run) -> None:
     reason = engine_unavailable_reason()
     if reason is None:
         run.keys["engines"] = _key(graphs=run.graph_hashes([*run.graphs(), "fp32"]))
-        run.stage(5, "engines", lambda: (build_all_engines(run.out, run.graphs(), run.progress), []))
+        run.stage(5, "engines", lambda: _engines(run))
     else:
         run.skip(5, "engines", reason)
         run.result.gates.append(Gate("tensorrt engines", "engines", "skipped", reason))
@@ -435,4 +467,6 @@ def run_pipeline(config: PipelineConfig, progress: Progress = SILENT,
             path = exc.filename or run.out
             raise PipelineWriteError(str(path), "a writable location with free space (the bundle keeps its "
                                      "previous state)", f"{exc.strerror or exc}") from exc
+        finally:
+            run.close()
     return run.result
