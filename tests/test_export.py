@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from fusionrt.app import Answerer, BundlePipeline, TorchPipeline
-from fusionrt.bundle.manifest import sha256_file
+from fusionrt.bundle.manifest import VQA_TASK, sha256_file
 from fusionrt.data.questions import questions_for
 from fusionrt.data.world import generate_scene, render, split_seeds
 from fusionrt.export import ExportError, VerificationError, export_checkpoint, export_onnx
@@ -202,6 +202,7 @@ def shipped_bundle(tmp_path_factory):
 
 
 def test_shipped_bundle_contents(shipped_bundle):
+    assert Bundle.open(shipped_bundle).task == VQA_TASK == Bundle.open(shipped_bundle).manifest["task"]
     manifest = Bundle.open(shipped_bundle).manifest
     assert sorted(manifest["files"]) == ["answers.json", "fusion.onnx", "region_encoder.onnx", "tokenizer.json"]
     assert (shipped_bundle / "tokenizer.json").read_bytes() == (SHIPPED_CHECKPOINT / "tokenizer.json").read_bytes()
@@ -256,3 +257,18 @@ def test_cli_ask_on_a_bundle_does_not_import_torch(shipped_bundle, tmp_path):
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["answer"] == str(len(generate_scene(3).objects))
     assert done.stderr.strip().splitlines()[-1] == "False"
+
+
+def test_the_manifest_records_the_task_and_old_bundles_get_one_from_their_graphs(tiny_bundle, tmp_path):
+    import json
+    import shutil
+
+    from fusionrt.bundle import CUSTOM_TASK, Bundle
+
+    _, path = tiny_bundle
+    assert Bundle.open(path).manifest["task"] == CUSTOM_TASK  # a user's module: no scene world
+    copy = shutil.copytree(path, tmp_path / "copy")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["task"]  # as written before tasks were recorded
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert "task" not in Bundle.open(copy).manifest and Bundle.open(copy).task == CUSTOM_TASK

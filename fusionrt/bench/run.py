@@ -17,7 +17,7 @@ from fusionrt.app import BundlePipeline
 from fusionrt.bench.cost import graph_cost
 from fusionrt.bench.peak import cpu_name, measured_gemm_rate, paper_peak
 from fusionrt.bench.timing import concurrent_throughput, latency_stats, time_blocks
-from fusionrt.bundle.manifest import Bundle
+from fusionrt.bundle.manifest import VQA_TASK, Bundle
 from fusionrt.data.detector import detect_regions
 from fusionrt.data.questions import questions_for
 from fusionrt.data.world import generate_scene, render, split_seeds
@@ -219,7 +219,7 @@ def run_bench(bundle: str | Path | Bundle, config: BenchConfig | None = None,
                                     "threads": config.concurrency, "many_threads_calls_per_s": many["calls_per_s"],
                                     "ratio": many["calls_per_s"] / single["calls_per_s"]})
     app = None
-    if config.app and "region_encoder" in opened.graphs and "tokenizer.json" in opened.manifest["files"]:
+    if config.app and opened.task == VQA_TASK:
         with progress.phase("app stages", total=None):
             app = app_latency(opened, threads=config.threads)
     for session in sessions.values():

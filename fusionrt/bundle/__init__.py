@@ -4,11 +4,21 @@ Everything else stands on this package; it imports nothing of fusionrt but :mod:
 :mod:`fusionrt.io`.
 """
 
-from fusionrt.bundle.manifest import MANIFEST, SCHEMA_VERSION, Bundle, graph_filename, is_bundle, sha256_file
+from fusionrt.bundle.manifest import (
+    CUSTOM_TASK,
+    MANIFEST,
+    SCHEMA_VERSION,
+    VQA_TASK,
+    Bundle,
+    graph_filename,
+    is_bundle,
+    sha256_file,
+)
 from fusionrt.bundle.spec import DimRange, GraphSpec, TensorSpec
 from fusionrt.bundle.transaction import BundleLockedError, BundleTransaction, file_entry, update_manifest
 
 __all__ = [
-    "MANIFEST", "SCHEMA_VERSION", "Bundle", "BundleLockedError", "BundleTransaction", "DimRange", "GraphSpec",
-    "TensorSpec", "file_entry", "graph_filename", "is_bundle", "sha256_file", "update_manifest",
+    "CUSTOM_TASK", "MANIFEST", "SCHEMA_VERSION", "VQA_TASK", "Bundle", "BundleLockedError",
+    "BundleTransaction", "DimRange", "GraphSpec", "TensorSpec", "file_entry", "graph_filename", "is_bundle",
+    "sha256_file", "update_manifest",
 ]

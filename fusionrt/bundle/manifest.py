@@ -24,6 +24,10 @@ BUNDLE_FORMAT = "fusionrt-bundle"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 FP32 = "fp32"
+# What a bundle serves, recorded as the manifest's "task": the graphs it lists say how it runs. "vqa" is the
+# scene world's question answering (fusion + region encoder + tokenizer); "custom" a user's fusion module.
+VQA_TASK = "vqa"
+CUSTOM_TASK = "custom"
 # The only sub-directory a manifest may list files in (TensorRT plans, written by ``fusionrt build``).
 SUBDIRS = ("engines",)
 
@@ -187,6 +191,16 @@ class Bundle:
             raise BundleError("precision", f"one of {sorted(spec.precisions)} for graph {name!r} of this bundle",
                               repr(precision) + hint)
         return self.path / spec.precisions[precision]
+
+    @property
+    def task(self) -> str:
+        """The manifest's ``task``; a bundle written before tasks were recorded is "vqa" when it holds the
+        scene world's region encoder and tokenizer, else "custom"."""
+        recorded = self.manifest.get("task")
+        if isinstance(recorded, str) and recorded:
+            return recorded
+        scene_world = "region_encoder" in self.graphs and "tokenizer.json" in self.manifest["files"]
+        return VQA_TASK if scene_world else CUSTOM_TASK
 
     def file(self, name: str) -> Path:
         """A file the manifest lists (for example ``tokenizer.json``), also when an update interrupted by a

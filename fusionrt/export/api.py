@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 import fusionrt
-from fusionrt.bundle.manifest import BUNDLE_FORMAT, SCHEMA_VERSION, Bundle, graph_filename
+from fusionrt.bundle.manifest import BUNDLE_FORMAT, CUSTOM_TASK, SCHEMA_VERSION, VQA_TASK, Bundle, graph_filename
 from fusionrt.bundle.source import checkpoint_files_sha256, weights_sha256
 from fusionrt.bundle.spec import GraphSpec
 from fusionrt.export.checks import check_graph
@@ -238,6 +238,7 @@ def export_onnx(model: Any, out_dir: str | Path, *, vocab_size: int, visual_dim:
                           max_visual_len=max_visual_len, max_batch=max_batch)
     config = getattr(model, "config", None)
     manifest = {
+        "task": CUSTOM_TASK,
         "model": {
             "class": f"{type(model).__module__}.{type(model).__qualname__}",
             "vocab_size": vocab_size, "visual_dim": visual_dim, "max_text_len": max_text_len,
@@ -275,6 +276,7 @@ def export_checkpoint(checkpoint_dir: str | Path | None, out_dir: str | Path, *,
     ]
     files = {name: (checkpoint_dir / name).read_bytes() for name in ("tokenizer.json", "answers.json")}
     manifest = {
+        "task": VQA_TASK,
         "model": {
             "class": f"{type(checkpoint.fusion).__module__}.{type(checkpoint.fusion).__qualname__}",
             "vocab_size": config.vocab_size, "visual_dim": config.visual_dim, "max_text_len": config.max_text_len,
