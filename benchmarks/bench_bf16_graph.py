@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fusionrt.bench.timing import medians, time_in_blocks
+from fusionrt.bench.timing import medians, time_blocks
 from fusionrt.calibration import HeldoutEvaluator, convert_mixed_precision, fp32_keep_set
 from fusionrt.parity import fusion_feed
 from fusionrt.runtime import Bundle
@@ -63,7 +63,7 @@ def main() -> None:
             feed = fusion_feed(bundle.graph("fusion"), batch, 16, 8, np.random.default_rng(batch))
             feed["text_mask"][:] = feed["visual_mask"][:] = True
             calls = {k: (lambda r=r, f=feed: r.infer(f)) for k, r in requests.items()}
-            result["ms"][str(batch)] = medians(time_in_blocks(calls, blocks=6, calls_per_block=8))
+            result["ms"][str(batch)] = medians(time_blocks(calls, runs=6 * 8, warmup=3, block=8))
     print(json.dumps(result, indent=1))
 
 

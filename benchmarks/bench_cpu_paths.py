@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fusionrt.bench.timing import medians, time_in_blocks
+from fusionrt.bench.timing import medians, time_blocks
 from fusionrt.bundle.transaction import update_manifest
 from fusionrt.calibration import calibrate, quantize_int8
 from fusionrt.calibration.qdq import CPU, TENSORRT, write_qdq
@@ -210,7 +210,7 @@ def app(bundle: Path, best: tuple[str, str, dict], threads: int, blocks: int) ->
              "today: Answerer(bundle) ORT fp32, one at a time": lambda: [bundle_today.ask(image, q)
                                                                          for q in questions],
              f"ours: batch of {len(questions)}, {backend} {precision}": lambda: ask_batch(ours, image, questions)}
-    times = medians(time_in_blocks(calls, blocks=blocks, calls_per_block=3))
+    times = medians(time_blocks(calls, runs=blocks * 3, warmup=3, block=3))
     agree = ask_batch(ours, image, questions) == [today.ask(image, q)[0] for q in questions]
     return {"questions": len(questions), "ms": times, "qps": {k: len(questions) * 1e3 / v for k, v in times.items()},
             "same_answers_as_today": agree}
@@ -363,8 +363,8 @@ def main() -> None:
                 feed = full_feed(bundle, *shape)
                 log(f"{name} B/T/M={shape}: {len(alt) + len(ours)} paths in {args.blocks} blocks of {args.calls}")
                 calls = {label: (lambda fn=fn, f=feed: fn(f)) for label, fn in {**alt, **ours}.items()}
-                entry["shapes"]["/".join(map(str, shape))] = medians(time_in_blocks(calls, blocks=args.blocks,
-                                                                                    calls_per_block=args.calls))
+                entry["shapes"]["/".join(map(str, shape))] = medians(time_blocks(
+                    calls, runs=args.blocks * args.calls, warmup=3, block=args.calls))
                 log(json.dumps(entry["shapes"]["/".join(map(str, shape))], indent=1))
             entry["flops"] = {"/".join(map(str, s)): matmul_flops(module.config, *s) for s in SHAPES}
             if name == "small":

@@ -148,3 +148,29 @@ def test_sweep_grows_each_dim_from_the_given_shapes():
     assert shapes[0] == (8, 32, 16) and len(shapes) == len(set(shapes))
     assert [s[1] for s in shapes if s[0] == 1 and s[2] == 8] == [4, 8, 16, 32]
     assert [s[0] for s in shapes if s[1:] == (16, 8)] == [1, 2, 4, 8, 16, 32]
+
+
+def test_cli_bench_soak_passes_on_the_runtime_and_reports_rss(bundle, tmp_path):
+    from fusionrt.cli import main
+
+    out = tmp_path / "soak.json"
+    assert main(["bench", str(bundle), "--soak", "200", "--soak-warmup", "20", "--json", str(out), "-q"]) == 0
+    result = json.loads(out.read_text())
+    assert result["calls"] == 200 and result["passed"] and abs(result["rss_growth"]) < result["max_growth"]
+    assert result["rss_after_warmup"] > 0 and len(result["samples_mib"]) >= 1
+
+
+def test_soak_catches_a_leaking_runner(bundle, monkeypatch, capsys):
+    """A runner that keeps 1 MiB per call must fail the soak's gate (exit 1), or the soak proves nothing."""
+    from fusionrt.cli import main
+    from fusionrt.runtime.session import Session
+
+    kept, real_run = [], Session.run
+
+    def leaking_run(self, feed):
+        kept.append(np.ones(1 << 18, dtype=np.float32))  # 1 MiB, never freed
+        return real_run(self, feed)
+
+    monkeypatch.setattr(Session, "run", leaking_run)
+    assert main(["bench", str(bundle), "--soak", "200", "--soak-warmup", "10", "-q"]) == 1
+    assert capsys.readouterr().out.startswith("FAIL: RSS")

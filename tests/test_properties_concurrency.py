@@ -1,13 +1,12 @@
 """8 threads x 1,000 calls on one Session with close() racing at the end, and a short soak (RSS growth)."""
 
-import importlib.util
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hardening_support import feed, shared_bundle
 
+from fusionrt.bench.soak import soak
 from fusionrt.runtime import Session, SessionClosedError
 
 THREADS, CALLS = 8, 1000
@@ -58,15 +57,7 @@ def test_threads_match_single_threaded_results_and_close_races_cleanly(bundle):
         session.run(feeds[0])
 
 
-def _soak_module():
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "soak.py"
-    spec = importlib.util.spec_from_file_location("fusionrt_soak", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_short_soak_resident_memory_stays_flat(bundle):
-    result = _soak_module().soak(bundle, calls=3000, warmup=500)
+    result = soak(bundle, calls=3000, warmup=500)
     assert result["calls"] == 3000 and result["rss_after_warmup"] > 0
     assert result["rss_growth"] < 0.05, result

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from fusionrt.bench import DEFAULT_SHAPES, BenchConfig, format_table, parse_shape, run_bench
+from fusionrt.bench.soak import soak, soak_line
 from fusionrt.bench.tune import choose_path
 from fusionrt.cli.output import add_json_option, write_json
 from fusionrt.cli.tune import table
@@ -32,6 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--auto", action="store_true",
                         help="also pick the fastest backend x precision within budget on this machine and record it "
                              "in the manifest for precision='auto' (what `fusionrt tune` does)")
+    parser.add_argument("--soak", type=int, default=0, metavar="CALLS",
+                        help="instead of latency: a memory soak of CALLS fusion calls at B=1 of varying shapes on the "
+                             "first backend and precision; exit 1 if resident memory grows 5%% or more after warm-up")
+    parser.add_argument("--soak-warmup", type=int, default=1000, metavar="CALLS", help="soak warm-up calls")
     parser.add_argument("--auto-heldout-scenes", type=int, default=None, metavar="N",
                         help="with --auto: held-out scenes for each path's budget (default: fusionrt tune's)")
 
@@ -40,6 +45,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.soak:
+        result = soak(args.bundle, args.soak, args.soak_warmup, backend=args.backends[0],
+                      precision=(args.precisions or ["fp32"])[0], threads=args.threads or 1,
+                      progress=progress_for(args.quiet))
+        if not write_json(args.json, json_safe(result)):
+            print(soak_line(result))
+        return 0 if result["passed"] else 1
     shapes = [parse_shape(s) for s in args.shapes] if args.shapes else list(DEFAULT_SHAPES)
     config = BenchConfig(backends=args.backends, precisions=args.precisions, shapes=shapes, sweep=args.sweep,
                          runs=args.runs, threads=args.threads, concurrency=args.concurrency, app=not args.no_app)
