@@ -146,3 +146,13 @@ def test_repository_hard_links_instead_of_copies(bundle, tmp_path):
     linked = repo / "region_encoder" / "1" / "bundle" / "fusion.onnx"
     if os.stat(linked).st_dev == os.stat(bundle.path / "fusion.onnx").st_dev:
         assert os.path.samefile(linked, bundle.path / "fusion.onnx")
+
+
+def test_a_bundle_of_another_task_gets_one_model_per_graph_and_no_scene_app(tiny_bundle, tmp_path):
+    """Dispatch on the manifest: a user's fusion module (task "custom") has no region encoder or tokenizer, so
+    its repository serves the graphs it lists and no `answer` model (which would need the scene world)."""
+    repo = write_repository(tiny_bundle, tmp_path / "repo")
+    marker = json.loads((repo / "fusionrt.json").read_text())
+    assert marker["models"] == ["fusion"]
+    assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == ["fusion"]
+    assert (repo / "fusion" / "config.pbtxt").is_file()

@@ -22,9 +22,10 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from fusionrt import __version__
-from fusionrt.bundle.manifest import FP32, MANIFEST, Bundle
+from fusionrt.bundle.manifest import FP32, MANIFEST, VQA_TASK, Bundle
 from fusionrt.errors import InputError
 from fusionrt.io import atomic_write_bytes, atomic_write_json, default_mode
 from fusionrt.progress import SILENT, Progress
@@ -74,8 +75,8 @@ class RepositoryOptions:
     def check(self, bundle: Bundle) -> None:
         if self.backend not in BACKENDS:
             raise InputError("backend", f"one of {list(BACKENDS)}", repr(self.backend))
-        bundle.graph_path(FUSION, self.precision)  # raises BundleError if the bundle lacks the precision
-        limit = batch_dim_max(bundle.graph(FUSION))
+        bundle.graph_path(primary_graph(bundle), self.precision)  # BundleError if the bundle lacks the precision
+        limit = batch_dim_max(bundle.graph(primary_graph(bundle)))
         if self.max_batch is not None and not 1 <= self.max_batch <= limit:
             raise InputError("max_batch", f"1 to {limit} (the bundle's batch limit)", str(self.max_batch))
         if self.instances < 1:
@@ -110,7 +111,7 @@ class RepositoryWriter:
 
     def __init__(self, bundle: Bundle, out: Path, options: RepositoryOptions) -> None:
         self.bundle, self.out, self.options = bundle, out, options
-        self.max_batch = options.max_batch or batch_dim_max(bundle.graph(FUSION))
+        self.max_batch = options.max_batch or batch_dim_max(bundle.graph(primary_graph(bundle)))
         out.parent.mkdir(parents=True, exist_ok=True)
         self.staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
         os.chmod(self.staging, default_mode(directory=True))
@@ -174,6 +175,22 @@ class RepositoryWriter:
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
+def primary_graph(bundle: Bundle) -> str:
+    """The graph whose precision and batch limit the repository's options refer to: the fusion graph, or the
+    first graph the manifest lists for a bundle without one."""
+    return FUSION if FUSION in bundle.graphs else next(iter(bundle.graphs))
+
+
+def _graph_steps(bundle: Bundle, writer: RepositoryWriter, options: RepositoryOptions) -> list[tuple[str, Any]]:
+    """One model per graph the manifest lists, at the requested precision where the graph has it (else fp32)."""
+    steps = []
+    for name, spec in bundle.graphs.items():
+        precision = options.precision if options.precision in spec.precisions else FP32
+        max_batch = min(writer.max_batch, batch_dim_max(spec))
+        steps.append((name, lambda n=name, p=precision, b=max_batch: writer.graph_model(n, options.backend, p, b)))
+    return steps
+
+
 def write_repository(bundle: str | Path | Bundle, out: str | Path, options: RepositoryOptions = RepositoryOptions(),
                      progress: Progress = SILENT) -> Path:
     """Write the Triton model repository of ``bundle`` at ``out`` (replacing one fusionrt wrote) and return it."""
@@ -185,27 +202,33 @@ def write_repository(bundle: str | Path | Bundle, out: str | Path, options: Repo
     options.check(bundle)
     writer = RepositoryWriter(bundle, out, options)
     try:
-        region_precision = options.precision if options.precision in bundle.graph(REGION_ENCODER).precisions else FP32
-        region_backend = "python" if options.backend == "python" else "onnxruntime"
-        # A request's regions go to the encoder in one call: its batch limit is crops, not questions.
-        region_max = min(batch_dim_max(bundle.graph(REGION_ENCODER)),
-                         writer.max_batch * int(bundle.model["max_visual_len"]))
-        steps = [
-            (FUSION, lambda: writer.graph_model(FUSION, options.backend, options.precision, writer.max_batch)),
-            (REGION_ENCODER, lambda: writer.graph_model(REGION_ENCODER, region_backend, region_precision,
-                                                        region_max)),
-            (ANSWER, lambda: writer.python_model(ANSWER, "AnswerModel", ANSWER_INPUTS, ANSWER_OUTPUTS,
-                                                 writer.max_batch, {"calls": options.answer_calls},
-                                                 options.instances)),
-        ]
+        task_steps = _vqa_steps if bundle.task == VQA_TASK else _graph_steps
+        steps = task_steps(bundle, writer, options)
         for _name, step in progress.iterate(steps, "models"):
             step()
         atomic_write_json(writer.staging / REPOSITORY_MARKER, {
             "fusionrt": __version__, "bundle": str(bundle.path), "options": asdict(options),
             "bundle_files": {name: entry["sha256"] for name, entry in bundle.manifest["files"].items()},
-            "models": [FUSION, REGION_ENCODER, ANSWER],
+            "models": [name for name, _ in steps],
         })
         return writer.publish()
     except BaseException:
         writer.discard()
         raise
+
+
+def _vqa_steps(bundle: Bundle, writer: RepositoryWriter, options: RepositoryOptions) -> list[tuple[str, Any]]:
+    """The scene world's VQA: fusion, region encoder and the ``answer`` model (PNG + question in, answer out)."""
+    region_precision = options.precision if options.precision in bundle.graph(REGION_ENCODER).precisions else FP32
+    region_backend = "python" if options.backend == "python" else "onnxruntime"
+    # A request's regions go to the encoder in one call: its batch limit is crops, not questions.
+    region_max = min(batch_dim_max(bundle.graph(REGION_ENCODER)),
+                     writer.max_batch * int(bundle.model["max_visual_len"]))
+    return [
+        (FUSION, lambda: writer.graph_model(FUSION, options.backend, options.precision, writer.max_batch)),
+        (REGION_ENCODER, lambda: writer.graph_model(REGION_ENCODER, region_backend, region_precision,
+                                                    region_max)),
+        (ANSWER, lambda: writer.python_model(ANSWER, "AnswerModel", ANSWER_INPUTS, ANSWER_OUTPUTS,
+                                             writer.max_batch, {"calls": options.answer_calls},
+                                             options.instances)),
+    ]
