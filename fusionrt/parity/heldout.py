@@ -72,16 +72,32 @@ class Heldout:
     def __init__(self, bundle: Bundle, scenes: int = DEFAULT_HELDOUT_SCENES, batch: int = BATCH,
                  progress: Progress = SILENT, reference: Runs | None = None,
                  torch_options: Mapping[str, Any] | None = None) -> None:
+        qa = heldout_questions(bundle, scenes, progress=progress)
+        self._setup(bundle, scenes, qa, *encode_scene_regions(bundle, qa), batch, progress, reference,
+                    dict(torch_options or {}))
+
+    def _setup(self, bundle: Bundle, scenes: int, qa: QASet, visual: np.ndarray, visual_mask: np.ndarray,
+               batch: int, progress: Progress, reference: Runs | None, torch_options: dict[str, Any]) -> None:
         self.bundle = bundle
         self.scenes = scenes
-        self.qa: QASet = heldout_questions(bundle, scenes, progress=progress)
-        visual, visual_mask = encode_scene_regions(bundle, self.qa)
-        self.batches: list[Feed] = question_batches(bundle, self.qa, visual, visual_mask, batch)
-        self.labels = self.qa.answer_index
+        self.qa = qa
+        self._visual, self._visual_mask, self._batch = visual, visual_mask, batch
+        self.batches: list[Feed] = question_batches(bundle, qa, visual, visual_mask, batch)
+        self.labels = qa.answer_index
         self._reference = reference
-        self._torch_options = dict(torch_options or {})
+        self._torch_options = torch_options
         self._reference_outputs: list[dict[str, np.ndarray]] | None = None
         self._progress = progress
+
+    def subset(self, scenes: int) -> Heldout:
+        """The first ``scenes`` scenes as a held-out set of their own, sharing this one's pre-processing and
+        reference runner (a :class:`MemoizedRuns` reference then recomputes only the last, partial batch)."""
+        if scenes >= self.scenes:
+            return self
+        view = Heldout.__new__(Heldout)
+        view._setup(self.bundle, scenes, self.qa.first_scenes(scenes), self._visual[:scenes],
+                    self._visual_mask[:scenes], self._batch, self._progress, self._reference, self._torch_options)
+        return view
 
     @property
     def reference_outputs(self) -> list[dict[str, np.ndarray]]:

@@ -179,7 +179,8 @@ class _Run:
         return self.current
 
     def refresh(self) -> Bundle:
-        """Re-read the manifest after a stage API (calibrate, quantize) published through its own transaction."""
+        """Re-read the manifest after a stage that wrote through its own transaction (export); the other stages'
+        APIs publish before :meth:`record`, whose commit refreshes :attr:`current`."""
         self.current = Bundle.open(self.out, verify=False)
         return self.current
 
@@ -286,12 +287,6 @@ def _export(run: _Run) -> tuple[dict[str, Any], list[str]]:
                              "tolerance": verification["tolerance"]}}, []
 
 
-def _engines(run: _Run) -> tuple[dict[str, Any], list[str]]:
-    built = build_all_engines(run.out, run.graphs(), run.progress)
-    run.refresh()
-    return built, []
-
-
 def _export_gates(summary: dict[str, Any]) -> list[Gate]:
     v = summary["verification"]
     if v["passed"]:
@@ -305,7 +300,6 @@ def _export_gates(summary: dict[str, Any]) -> list[Gate]:
 
 def _calibrate(run: _Run) -> tuple[dict[str, Any], list[str]]:
     record = calibrate(run.out, samples=run.config.calib_samples, progress=run.progress)
-    run.refresh()
     return {"samples": record["samples"], "sha256": record["sha256"]}, []
 
 
@@ -313,11 +307,9 @@ def _quantize(run: _Run, precision: str) -> tuple[dict[str, Any], list[str]]:
     try:
         if precision == "fp16":
             report = quantize_fp16(run.out, evaluator=run.evaluator(), progress=run.progress)
-            run.refresh()
             return {"graphs": {"fp16": report["heldout"]}}, []
         report = quantize_int8(run.out, method=run.config.calib_method, evaluator=run.evaluator(),
                                progress=run.progress)
-        run.refresh()
         return {"graphs": {p: g["heldout"] for p, g in report["graphs"].items()}}, []
     except BudgetExceededError as exc:
         graphs = exc.report.get("graphs") or {precision: exc.report.get("heldout", {})}
@@ -363,7 +355,8 @@ def _parity(run: _Run) -> tuple[dict[str, Any], list[str]]:
                 "table": report.table()})
     atomic_write_json(run.stage_dir / PARITY_FILE, reports)
     run.note("accuracy per question kind")
-    accuracy = accuracy_by_kind(bundle, run.graphs(), backend=run.config.backends[0], heldout=heldout)
+    accuracy = accuracy_by_kind(bundle, run.graphs(), backend=run.config.backends[0],
+                                heldout=heldout.subset(run.config.parity_scenes))
     atomic_write_json(run.stage_dir / ACCURACY_FILE, accuracy)
     return summary, [PARITY_FILE, ACCURACY_FILE]
 
@@ -421,7 +414,7 @@ def _run_stages(run: _Run) -> None:
     reason = engine_unavailable_reason()
     if reason is None:
         run.keys["engines"] = _key(graphs=run.graph_hashes([*run.graphs(), "fp32"]))
-        run.stage(5, "engines", lambda: _engines(run))
+        run.stage(5, "engines", lambda: (build_all_engines(run.out, run.graphs(), run.progress), []))
     else:
         run.skip(5, "engines", reason)
         run.result.gates.append(Gate("tensorrt engines", "engines", "skipped", reason))
