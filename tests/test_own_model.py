@@ -278,3 +278,15 @@ def test_example_pipeline_end_to_end(tmp_path):
     # keys include the model file's and the feeds' hashes, unchanged here: every stage is reused
     for stage in ("export", "calibrate", "fp16", "int8", "parity", "bench"):
         assert f"] {stage}: reused (inputs unchanged" in again.stderr, again.stderr[-3000:]
+
+
+def test_cli_parity_on_heldout_feeds_and_export_needs_the_dims(tmp_path, user_bundle, capsys):
+    from fusionrt.cli import main
+
+    _, reference, path = user_bundle
+    heldout = write_feeds(tmp_path / "h", 2, 4, 6)
+    assert main(["parity", str(path), "--heldout", str(heldout), "-q"]) == 0
+    assert "held-out feeds (8 rows)" in capsys.readouterr().out
+    assert main(["export", "--model", reference, "--out", str(tmp_path / "b"), "--vocab-size", "40"]) == 2
+    assert "--visual-dim: expected a positive integer (required with --model), received nothing" in \
+        capsys.readouterr().err
