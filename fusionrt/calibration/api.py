@@ -156,6 +156,7 @@ def quantize_fp16(bundle_dir: str | Path, keep_fp32_nodes: Sequence[str] | None 
     unless ``keep_fp32_nodes`` names them; every node of an op type in ``keep_fp32_ops`` is kept too.
     The manifest records the kept nodes (with the reason of each), the thresholds and the Cast count."""
     with BundleTransaction(bundle_dir) as tx:
+        fp32_fusion_path(tx.bundle)  # a bundle without its fp32 graph is refused before any held-out work
         evaluator = _evaluator(tx.bundle, evaluator, heldout_scenes, heldout, model, progress)
         return _quantize_fp16(tx, keep_fp32_nodes, keep_fp32_ops, thresholds, heldout_scenes, budget, evaluator,
                               progress)
@@ -209,6 +210,7 @@ def quantize_int8(bundle_dir: str | Path, method: str = DEFAULT_METHOD, percenti
     budget for every graph; by default each graph gets its precision's (:meth:`HeldoutEvaluator.default_budget`).
     ``heldout``/``model``: as for :func:`quantize_fp16`."""
     with BundleTransaction(bundle_dir) as tx:
+        fp32_fusion_path(tx.bundle)  # a bundle without its fp32 graph is refused before any held-out work
         evaluator = _evaluator(tx.bundle, evaluator, heldout_scenes, heldout, model, progress)
         return _quantize_int8(tx, method, percentile, heldout_scenes, budget, sensitivity, ranges, evaluator,
                               recipes, progress)
