@@ -156,19 +156,16 @@ def quantize_fp16(bundle_dir: str | Path, keep_fp32_nodes: Sequence[str] | None 
     unless ``keep_fp32_nodes`` names them; every node of an op type in ``keep_fp32_ops`` is kept too.
     The manifest records the kept nodes (with the reason of each), the thresholds and the Cast count."""
     with BundleTransaction(bundle_dir) as tx:
-        fp32_fusion_path(tx.bundle)  # a bundle without its fp32 graph is refused before any held-out work
-        evaluator = _evaluator(tx.bundle, evaluator, heldout_scenes, heldout, model, progress)
         return _quantize_fp16(tx, keep_fp32_nodes, keep_fp32_ops, thresholds, heldout_scenes, budget, evaluator,
-                              progress)
+                              progress, heldout, model)
 
 
 def _quantize_fp16(tx: BundleTransaction, keep_fp32_nodes: Sequence[str] | None, keep_fp32_ops: Sequence[str],
                    thresholds: Thresholds, heldout_scenes: int, budget: Budget | None,
-                   evaluator: HeldoutEvaluator | None, progress: Progress) -> dict[str, Any]:
+                   evaluator: HeldoutEvaluator | None, progress: Progress, heldout: str | Path | None = None,
+                   model: str | None = None) -> dict[str, Any]:
     bundle = tx.bundle
     fp32 = fp32_fusion_path(bundle)
-    evaluator = evaluator or HeldoutEvaluator(bundle, heldout_scenes, progress=progress)
-    budget = budget or evaluator.default_budget("fp16")
     started = time.perf_counter()
     if keep_fp32_nodes is None:
         reasons = fp32_keep_set(bundle, thresholds, progress)
@@ -186,6 +183,8 @@ def _quantize_fp16(tx: BundleTransaction, keep_fp32_nodes: Sequence[str] | None,
         summary["fp32_node_reasons"] = {n: reasons.get(n, f"op type in keep_fp32_ops {list(keep_fp32_ops)}")
                                         for n in summary["fp32_nodes"]}
         summary["keep_set"] = source
+        evaluator = _evaluator(bundle, evaluator, heldout_scenes, heldout, model, progress)
+        budget = budget or evaluator.default_budget("fp16")
         measurement = evaluator.measure_path(stage / name)
         report = {"precision": "fp16", "created_utc": _now(), "file": name, "conversion": summary,
                   "heldout": {**evaluator.describe(), **measurement.to_dict(budget)},
@@ -210,23 +209,22 @@ def quantize_int8(bundle_dir: str | Path, method: str = DEFAULT_METHOD, percenti
     budget for every graph; by default each graph gets its precision's (:meth:`HeldoutEvaluator.default_budget`).
     ``heldout``/``model``: as for :func:`quantize_fp16`."""
     with BundleTransaction(bundle_dir) as tx:
-        fp32_fusion_path(tx.bundle)  # a bundle without its fp32 graph is refused before any held-out work
-        evaluator = _evaluator(tx.bundle, evaluator, heldout_scenes, heldout, model, progress)
         return _quantize_int8(tx, method, percentile, heldout_scenes, budget, sensitivity, ranges, evaluator,
-                              recipes, progress)
+                              recipes, progress, heldout, model)
 
 
 def _quantize_int8(tx: BundleTransaction, method: str, percentile: float, heldout_scenes: int,
                    budget: Budget | None, sensitivity: bool, ranges: Ranges | None,
                    evaluator: HeldoutEvaluator | None, recipes: Sequence[Recipe],
-                   progress: Progress | None) -> dict[str, Any]:
+                   progress: Progress | None, heldout: str | Path | None = None,
+                   model: str | None = None) -> dict[str, Any]:
     bundle = tx.bundle
     fp32 = fp32_fusion_path(bundle)
     started = time.perf_counter()
     if ranges is None:
         data = load_calibration(bundle)
         ranges = collect_ranges(fp32, data.feeds(), method, percentile, progress=progress)
-    evaluator = evaluator or HeldoutEvaluator(bundle, heldout_scenes, progress=progress)
+    evaluator = _evaluator(bundle, evaluator, heldout_scenes, heldout, model, progress)
     stage = _stage(bundle)
     try:
         staged: dict[str, Path] = {}
