@@ -11,6 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from fusionrt.errors import InputError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -61,3 +65,13 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [json_safe(v) for v in value]
     return value
+
+
+def read_npz(path: str | Path) -> dict[str, Any]:
+    """The arrays of an npz file, never unpickling objects; :class:`fusionrt.errors.InputError` naming the file
+    when it is not an npz of plain arrays."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise InputError(str(path), "an npz file of numeric arrays", f"{type(exc).__name__}: {exc}") from exc

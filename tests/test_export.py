@@ -157,15 +157,15 @@ def test_tolerance_is_enforced(tmp_path):
         export_onnx(FusionModel(TINY).eval(), tmp_path / "strict", atol=0.0, exporter="legacy", **SIZES)
 
 
-class OneOutput(nn.Module):
+class TokenIdsOut(nn.Module):
     def forward(self, ids, words, regions, present):
-        return regions.sum(1)
+        return ids
 
 
 @pytest.mark.parametrize(
     ("model", "kwargs", "match"),
     [
-        (OneOutput(), {}, r"model: expected forward\(input_ids .* received outputs Tensor at B=2"),
+        (TokenIdsOut(), {}, r"model: expected forward\(input_ids .* received outputs \(torch.int64 \[2, 5\]\) at B=2"),
         ("not a module", {}, "model: expected a torch.nn.Module, received str"),
         (BagOfRegions(), {"max_text_len": 0}, "max_text_len: expected a positive integer, received 0"),
         (BagOfRegions(), {"visual_dim": 11}, "model: expected forward.*raised RuntimeError"),

@@ -8,7 +8,7 @@ from typing import Any
 
 from fusionrt.bundle.manifest import sha256_file
 
-__all__ = ["CHECKPOINT_MODEL_FILES", "checkpoint_files_sha256", "weights_sha256"]
+__all__ = ["CHECKPOINT_MODEL_FILES", "checkpoint_files_sha256", "directory_sha256", "weights_sha256"]
 
 
 # The files that define what a checkpoint computes; metrics and plots may be regenerated freely.
@@ -20,6 +20,15 @@ def checkpoint_files_sha256(path: str | Path) -> dict[str, str]:
     """sha256 of each of a checkpoint's model-defining files that exists."""
     path = Path(path)
     return {name: sha256_file(path / name) for name in CHECKPOINT_MODEL_FILES if (path / name).is_file()}
+
+
+def directory_sha256(path: str | Path, pattern: str = "*.npz") -> str:
+    """One sha256 over the names and contents of the files matching ``pattern`` in ``path`` (a feeds directory):
+    what a pipeline stage keys on, so changing, adding or removing a feed redoes the stages that read them."""
+    digest = hashlib.sha256()
+    for file in sorted(Path(path).glob(pattern)):
+        digest.update(f"{file.name}|{sha256_file(file)}|".encode())
+    return digest.hexdigest()
 
 
 def weights_sha256(module: Any) -> str:

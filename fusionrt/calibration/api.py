@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fusionrt.bundle.manifest import Bundle, graph_filename
+from fusionrt.bundle.manifest import VQA_TASK, Bundle, graph_filename
 from fusionrt.bundle.spec import FUSION, REGION_ENCODER
 from fusionrt.bundle.transaction import BundleTransaction
 from fusionrt.calibration import polygraphy_loader
@@ -43,8 +43,8 @@ from fusionrt.calibration.samples import (
     validate,
 )
 from fusionrt.io import atomic_write_json
-from fusionrt.parity.budgets import BUDGETS, Budget
-from fusionrt.parity.heldout import DEFAULT_HELDOUT_SCENES, HeldoutEvaluator
+from fusionrt.parity.budgets import Budget
+from fusionrt.parity.heldout import DEFAULT_HELDOUT_SCENES, HeldoutEvaluator, heldout_for
 from fusionrt.progress import SILENT, Progress
 
 POLYGRAPHY_LOADER_FILE = "polygraphy_loader.py"
@@ -73,6 +73,9 @@ def calibrate(bundle_dir: str | Path, samples: int = DEFAULT_SAMPLES, from_dir: 
         spec = bundle.graph(FUSION)
         if from_dir is not None:
             data = load_directory(from_dir, spec, min_samples)
+        elif bundle.task != VQA_TASK:
+            raise CalibrationError("--from", f"a directory of npz feeds for a bundle of task {bundle.task!r} (the "
+                                   "scene world's calibration scenes serve only its own model)", "none")
         else:
             if samples < min_samples:
                 raise CalibrationError("samples", f"at least {min_samples}", str(samples))
@@ -115,6 +118,17 @@ def _publish(tx: BundleTransaction, staged: dict[str, Path], precisions: Sequenc
     return tx.commit(precisions=graphs, sections={"quantization": quantization})
 
 
+def _evaluator(bundle: Bundle, evaluator: HeldoutEvaluator | None, heldout_scenes: int,
+               heldout: str | Path | None, model: str | None, progress: Progress) -> HeldoutEvaluator:
+    """The caller's evaluator, or one over ``heldout`` feeds (a custom bundle) or the scene world's held-out scenes,
+    its reference the module the bundle was exported from (or ``model``, a model reference given again)."""
+    if evaluator is not None:
+        return evaluator
+    options = {"model": model} if model else None
+    return HeldoutEvaluator(bundle, heldout=heldout_for(bundle, heldout_scenes, heldout, progress,
+                                                        torch_options=options))
+
+
 def fp32_keep_set(bundle_dir: str | Path | Bundle, thresholds: Thresholds = DEFAULT_THRESHOLDS,
                   progress: Progress = SILENT) -> dict[str, str]:
     """Node name -> reason, for the nodes of the bundle's fp32 fusion graph that must stay FP32 in a
@@ -130,23 +144,28 @@ def fp32_keep_set(bundle_dir: str | Path | Bundle, thresholds: Thresholds = DEFA
 def quantize_fp16(bundle_dir: str | Path, keep_fp32_nodes: Sequence[str] | None = None,
                   keep_fp32_ops: Sequence[str] = (), thresholds: Thresholds = DEFAULT_THRESHOLDS,
                   heldout_scenes: int = DEFAULT_HELDOUT_SCENES, budget: Budget | None = None,
-                  evaluator: HeldoutEvaluator | None = None, progress: Progress = SILENT) -> dict[str, Any]:
+                  evaluator: HeldoutEvaluator | None = None, progress: Progress = SILENT,
+                  heldout: str | Path | None = None, model: str | None = None) -> dict[str, Any]:
     """Write ``fusion.fp16.onnx``, measure it against fp32 PyTorch, register it if within budget.
+
+    Measured on the scene world's held-out scenes, or for a custom bundle on the npz feeds in ``heldout``
+    (reference: the recorded model reference, or ``model`` given again); ``budget`` defaults to the
+    evaluator's (:meth:`HeldoutEvaluator.default_budget`).
 
     The nodes kept in FP32 are measured on the calibration set (:func:`fp32_keep_set` with ``thresholds``)
     unless ``keep_fp32_nodes`` names them; every node of an op type in ``keep_fp32_ops`` is kept too.
     The manifest records the kept nodes (with the reason of each), the thresholds and the Cast count."""
     with BundleTransaction(bundle_dir) as tx:
         return _quantize_fp16(tx, keep_fp32_nodes, keep_fp32_ops, thresholds, heldout_scenes, budget, evaluator,
-                              progress)
+                              progress, heldout, model)
 
 
 def _quantize_fp16(tx: BundleTransaction, keep_fp32_nodes: Sequence[str] | None, keep_fp32_ops: Sequence[str],
                    thresholds: Thresholds, heldout_scenes: int, budget: Budget | None,
-                   evaluator: HeldoutEvaluator | None, progress: Progress) -> dict[str, Any]:
+                   evaluator: HeldoutEvaluator | None, progress: Progress, heldout: str | Path | None = None,
+                   model: str | None = None) -> dict[str, Any]:
     bundle = tx.bundle
     fp32 = fp32_fusion_path(bundle)
-    budget = budget or BUDGETS["fp16"]
     started = time.perf_counter()
     if keep_fp32_nodes is None:
         reasons = fp32_keep_set(bundle, thresholds, progress)
@@ -164,13 +183,14 @@ def _quantize_fp16(tx: BundleTransaction, keep_fp32_nodes: Sequence[str] | None,
         summary["fp32_node_reasons"] = {n: reasons.get(n, f"op type in keep_fp32_ops {list(keep_fp32_ops)}")
                                         for n in summary["fp32_nodes"]}
         summary["keep_set"] = source
-        evaluator = evaluator or HeldoutEvaluator(bundle, heldout_scenes, progress=progress)
+        evaluator = _evaluator(bundle, evaluator, heldout_scenes, heldout, model, progress)
+        budget = budget or evaluator.default_budget("fp16")
         measurement = evaluator.measure_path(stage / name)
         report = {"precision": "fp16", "created_utc": _now(), "file": name, "conversion": summary,
-                  "heldout": {"scenes": evaluator.scenes, **measurement.to_dict(budget)},
+                  "heldout": {**evaluator.describe(), **measurement.to_dict(budget)},
                   "seconds": round(time.perf_counter() - started, 1)}
         if measurement.failures(budget):
-            raise BudgetExceededError("fp16 graph", f"within {budget.to_dict()} on held-out scenes",
+            raise BudgetExceededError("fp16 graph", f"within {budget.to_dict()} on held-out data",
                                       "; ".join(measurement.failures(budget)), report)
         _publish(tx, {name: stage / name}, ["fp16"], report)
         return report
@@ -181,41 +201,43 @@ def _quantize_fp16(tx: BundleTransaction, keep_fp32_nodes: Sequence[str] | None,
 def quantize_int8(bundle_dir: str | Path, method: str = DEFAULT_METHOD, percentile: float = DEFAULT_PERCENTILE,
                   heldout_scenes: int = DEFAULT_HELDOUT_SCENES, budget: Budget | None = None,
                   sensitivity: bool = True, ranges: Ranges | None = None, evaluator: HeldoutEvaluator | None = None,
-                  recipes: Sequence[Recipe] = (TENSORRT, CPU), progress: Progress = SILENT) -> dict[str, Any]:
+                  recipes: Sequence[Recipe] = (TENSORRT, CPU), progress: Progress = SILENT,
+                  heldout: str | Path | None = None, model: str | None = None) -> dict[str, Any]:
     """Collect ranges once over the bundle's calibration set, write ``fusion.int8.onnx`` (TensorRT Q/DQ),
     ``fusion.int8-cpu.onnx`` (ORT CPU U8S8) and ``fusion.int8.ranges.json`` from them, check each graph's
     budget (excluding the fewest sensitive nodes if ``sensitivity``), and register them. ``budget``: one
-    budget for every graph; by default each graph gets ``BUDGETS[its precision]``."""
+    budget for every graph; by default each graph gets its precision's (:meth:`HeldoutEvaluator.default_budget`).
+    ``heldout``/``model``: as for :func:`quantize_fp16`."""
     with BundleTransaction(bundle_dir) as tx:
         return _quantize_int8(tx, method, percentile, heldout_scenes, budget, sensitivity, ranges, evaluator,
-                              recipes, progress)
+                              recipes, progress, heldout, model)
 
 
 def _quantize_int8(tx: BundleTransaction, method: str, percentile: float, heldout_scenes: int,
                    budget: Budget | None, sensitivity: bool, ranges: Ranges | None,
                    evaluator: HeldoutEvaluator | None, recipes: Sequence[Recipe],
-                   progress: Progress | None) -> dict[str, Any]:
+                   progress: Progress | None, heldout: str | Path | None = None,
+                   model: str | None = None) -> dict[str, Any]:
     bundle = tx.bundle
     fp32 = fp32_fusion_path(bundle)
     started = time.perf_counter()
     if ranges is None:
         data = load_calibration(bundle)
         ranges = collect_ranges(fp32, data.feeds(), method, percentile, progress=progress)
-    evaluator = evaluator or HeldoutEvaluator(bundle, heldout_scenes, progress=progress)
+    evaluator = _evaluator(bundle, evaluator, heldout_scenes, heldout, model, progress)
     stage = _stage(bundle)
     try:
         staged: dict[str, Path] = {}
         graphs: dict[str, Any] = {}
         for recipe in recipes:
-            # Each graph meets its own precision's budget (BUDGETS["int8"], BUDGETS["int8-cpu"]) unless the
-            # caller passed one budget for all.
-            recipe_budget = budget or BUDGETS[recipe.precision]
+            # Each graph meets its own precision's budget (int8, int8-cpu) unless the caller passed one for all.
+            recipe_budget = budget or evaluator.default_budget(recipe.precision)
             name = graph_filename(FUSION, recipe.precision)
             progress.note(f"writing {name}")
             write_qdq(fp32, stage / name, ranges, recipe)
             measurement = evaluator.measure_path(stage / name)
             entry: dict[str, Any] = {"file": name, "excluded": [],
-                                     "heldout": {"scenes": evaluator.scenes, **measurement.to_dict(recipe_budget)}}
+                                     "heldout": {**evaluator.describe(), **measurement.to_dict(recipe_budget)}}
             if measurement.failures(recipe_budget):
                 if not sensitivity:
                     raise BudgetExceededError(f"{recipe.precision} graph", f"within {recipe_budget.to_dict()}",
@@ -228,7 +250,7 @@ def _quantize_int8(tx: BundleTransaction, method: str, percentile: float, heldou
                 after = evaluator.measure_path(stage / name)
                 entry.update(excluded=found["excluded"], sensitivity=found,
                              before_exclusion=measurement.to_dict(recipe_budget),
-                             heldout={"scenes": evaluator.scenes, **after.to_dict(recipe_budget)})
+                             heldout={**evaluator.describe(), **after.to_dict(recipe_budget)})
             staged[name] = stage / name
             graphs[recipe.precision] = entry
         # No TensorRT legacy calibration cache: see ranges.write_trt_cache for why and how to write one.

@@ -21,7 +21,8 @@ from fusionrt.calibration.errors import CalibrationError
 from fusionrt.data.dataset import build_qa_set
 from fusionrt.data.tokenizer import QuestionEncoder
 from fusionrt.data.world import split_seeds
-from fusionrt.io import atomic_path
+from fusionrt.errors import InputError
+from fusionrt.io import atomic_path, read_npz
 from fusionrt.parity.scenes import encode_scene_regions
 from fusionrt.progress import SILENT, Progress
 from fusionrt.runtime.validate import FeedValidator
@@ -127,10 +128,9 @@ def validate(arrays: dict[str, np.ndarray], spec: GraphSpec, min_samples: int = 
 def load_npz(path: str | Path) -> dict[str, np.ndarray]:
     """The arrays of an npz file, never unpickling objects."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise CalibrationError(str(path), "an npz file of numeric arrays", f"{type(exc).__name__}: {exc}") from exc
+        return read_npz(path)
+    except InputError as exc:
+        raise CalibrationError(exc.name, exc.expected, exc.received) from exc
 
 
 def load_set(path: str | Path, spec: GraphSpec, min_samples: int = MIN_SAMPLES) -> CalibrationSet:

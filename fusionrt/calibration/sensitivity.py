@@ -50,15 +50,20 @@ def exclude_for_budget(fp32_path: str | Path, ranges: Ranges, recipe: Recipe, ev
             write_qdq(fp32_path, candidate, ranges, recipe, exclude=[node])
             m = evaluator.measure_path(candidate)
             table.append({"node": node, "accuracy": m.accuracy, "agreement": m.agreement,
-                          "logits_mean_abs": m.logits_mean_abs})
+                          "min_cosine": m.min_cosine, "logits_mean_abs": m.logits_mean_abs})
+
+        def unknown_last(value: float | None) -> float:  # no labels / no logits: that metric does not order
+            return -value if value is not None else 0.0
+
         # Task metrics first; the logit error orders nodes whose argmax effect is the same (often all of them).
-        order = sorted(table, key=lambda row: (-row["agreement"], -row["accuracy"], row["logits_mean_abs"]))
+        order = sorted(table, key=lambda row: (unknown_last(row["agreement"]), unknown_last(row["accuracy"]),
+                                               -row["min_cosine"], row["logits_mean_abs"]))
         for count in range(1, len(order) + 1):
             excluded = [row["node"] for row in order[:count]]
             write_qdq(fp32_path, candidate, ranges, recipe, exclude=excluded)
             m = evaluator.measure_path(candidate)
-            progress.note(f"sensitivity ({recipe.precision}): {count} excluded -> drop {m.drop_points:.3f} points, "
-                         f"agreement {m.agreement:.4f}")
+            verdict = "; ".join(m.failures(budget)) or "within budget"
+            progress.note(f"sensitivity ({recipe.precision}): {count} excluded -> {verdict}")
             if not m.failures(budget):
                 feed = max(evaluator.batches, key=lambda f: f["input_ids"].shape[0])
                 full = Path(tmp) / "full.onnx"

@@ -1,12 +1,15 @@
-"""``fusionrt export [--checkpoint DIR] --out BUNDLE``: export and verify a checkpoint as an ONNX bundle."""
+"""``fusionrt export [--checkpoint DIR | --model REF DIMS] --out BUNDLE``: export and verify a checkpoint (or your
+own fusion module) as an ONNX bundle."""
 
 from __future__ import annotations
 
 import argparse
 
 from fusionrt.bundle import Bundle
+from fusionrt.cli.model_args import add_dim_arguments, add_model_argument, dims_from
 from fusionrt.cli.output import add_json_option, write_json
-from fusionrt.export import export_checkpoint
+from fusionrt.errors import InputError
+from fusionrt.export import export_checkpoint, export_onnx
 from fusionrt.progress import progress_for
 
 
@@ -14,6 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export", help="export a checkpoint to a verified ONNX bundle (needs torch, onnx, onnxruntime)")
     parser.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the shipped model)")
+    add_model_argument(parser)
     parser.add_argument("--out", required=True, help="bundle directory to write (replaced if it is a bundle)")
     parser.add_argument("--max-batch", type=int, default=64, help="largest batch the graphs accept (default 64)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
@@ -22,14 +26,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--atol", type=float, default=1e-4,
                         help="largest ONNX Runtime vs PyTorch abs error allowed on the grid (default 1e-4)")
 
+    add_dim_arguments(parser)
     add_json_option(parser, "the manifest's verification section")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     progress = progress_for(args.quiet)
-    path = export_checkpoint(args.checkpoint, args.out, max_batch=args.max_batch, opset=args.opset,
-                             exporter=args.exporter, atol=args.atol, progress=progress)
+    options = {"max_batch": args.max_batch, "opset": args.opset, "exporter": args.exporter, "atol": args.atol,
+               "progress": progress}
+    if args.model is not None:
+        if args.checkpoint is not None:
+            raise InputError("--checkpoint", "either --checkpoint or --model", "both")
+        path = export_onnx(args.model, args.out, **dims_from(args), **options)
+    else:
+        path = export_checkpoint(args.checkpoint, args.out, **options)
     manifest = Bundle.open(path).manifest
     verification = manifest["verification"]
     if write_json(args.json, {"bundle": str(path), "exporter": manifest["exporter"], "opset": manifest["opset"],

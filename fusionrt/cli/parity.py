@@ -8,10 +8,12 @@ from __future__ import annotations
 import argparse
 
 from fusionrt.bundle import Bundle
+from fusionrt.cli.model_args import add_heldout_argument, add_model_argument
 from fusionrt.errors import InputError
 from fusionrt.io import atomic_write_json, json_safe
 from fusionrt.parity import gates_for, run_parity
 from fusionrt.parity.gates import EVERY_OUTPUT, PRECISIONS
+from fusionrt.parity.heldout import FeedHeldout
 from fusionrt.progress import progress_for
 from fusionrt.runtime.session import BACKENDS
 
@@ -47,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-drop-points", type=float, default=None,
                         help="largest task accuracy drop on scenes, in percentage points")
     parser.add_argument("--seed", type=int, default=0, help="seed of the grid's random feeds")
+    add_model_argument(parser, "the torch backend's module: a model reference (FILE.py:FACTORY) given again, e.g. "
+                       "when its file changed since export (default: as recorded in the manifest)")
+    add_heldout_argument(parser)
     parser.add_argument("--json", default=None, metavar="OUT",
                         help="also write the full report (every grid point) as JSON to OUT")
     parser.set_defaults(handler=run)
@@ -77,14 +82,18 @@ def overrides_from(args: argparse.Namespace) -> dict[str, object]:
 
 def run(args: argparse.Namespace) -> int:
     def options(backend: str) -> dict[str, str]:
-        return {"checkpoint": args.checkpoint} if backend == "torch" and args.checkpoint else {}
+        if backend != "torch":
+            return {}
+        return {k: v for k, v in (("checkpoint", args.checkpoint), ("model", args.model)) if v}
 
     bundle = Bundle.open(args.bundle)
     gates = gates_for(bundle, args.candidate_precision, overrides_from(args))
+    # The held-out feeds are compared against fp32 PyTorch (the module the bundle came from), whatever --reference.
+    heldout = FeedHeldout(bundle, args.heldout, torch_options=options("torch")) if args.heldout else None
     report = run_parity(
         bundle, args.reference, args.candidate, reference_precision=args.reference_precision,
         candidate_precision=args.candidate_precision, scenes=args.scenes, seed=args.seed, gates=gates,
-        reference_options=options(args.reference), candidate_options=options(args.candidate),
+        reference_options=options(args.reference), candidate_options=options(args.candidate), heldout=heldout,
         progress=progress_for(args.quiet),
     )
     print(report.table())

@@ -10,6 +10,7 @@ import argparse
 import sys
 import time
 
+from fusionrt.cli.model_args import DIMS, add_dim_arguments, add_model_argument
 from fusionrt.pipeline import GateFailed, PipelineConfig, run_pipeline, write_junit
 from fusionrt.progress import progress_for
 
@@ -33,6 +34,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--skip-bench", action="store_true", help="no benchmark stage")
     parser.add_argument("--junit", default=None, metavar="FILE", help="write one JUnit test case per gate")
     parser.add_argument("--force", action="store_true", help="replace a bundle of another checkpoint at --out")
+    add_model_argument(parser, "your own fusion module instead of a checkpoint: FILE.py:FACTORY or "
+                       "package.module:FACTORY (imported and run: name only code you trust); needs --calibration, "
+                       "--heldout and the dims")
+    parser.add_argument("--calibration", default=None, metavar="DIR", help="with --model: calibration npz feeds")
+    parser.add_argument("--heldout", default=None, metavar="DIR",
+                        help="with --model: held-out npz feeds (optional int 'labels' per row) for the budgets and "
+                             "parity")
+    add_dim_arguments(parser)
+    parser.add_argument("--max-batch", type=int, default=64, help="with --model: largest batch (default 64)")
     parser.set_defaults(handler=run)
 
 
@@ -50,7 +60,10 @@ def run(args: argparse.Namespace) -> int:
         calib_method=args.calib_method, calib_samples=args.calib_samples,
         backends=tuple(b.strip() for b in args.backends.split(",") if b.strip()), skip_bench=args.skip_bench,
         force=args.force, heldout_scenes=args.heldout_scenes, parity_scenes=args.parity_scenes,
-        bench_runs=args.bench_runs, threads=args.threads)
+        bench_runs=args.bench_runs, threads=args.threads, model=args.model,
+        calibration=Path(args.calibration) if args.calibration else None,
+        heldout=Path(args.heldout) if args.heldout else None,
+        dims={d: getattr(args, d) for d in DIMS if getattr(args, d) is not None}, max_batch=args.max_batch)
     started = time.perf_counter()
     try:
         result = run_pipeline(config, progress_for(args.quiet), log)

@@ -12,8 +12,10 @@ import sys
 
 from fusionrt.calibration import BudgetExceededError, quantize_fp16, quantize_int8
 from fusionrt.calibration.ranges import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS
+from fusionrt.cli.model_args import add_heldout_argument, add_model_argument
 from fusionrt.cli.output import add_json_option, write_json
 from fusionrt.io import json_safe
+from fusionrt.parity.budgets import measured_text
 from fusionrt.parity.heldout import DEFAULT_HELDOUT_SCENES
 from fusionrt.progress import progress_for
 
@@ -39,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-sensitivity", action="store_true",
                         help="int8: fail instead of leaving sensitive MatMuls in float when the budget is missed")
 
+    add_heldout_argument(parser)
+    add_model_argument(parser, "the model reference again (FILE.py:FACTORY), when its file changed since export")
     add_json_option(parser, "the report")
     parser.set_defaults(handler=run)
 
@@ -48,10 +52,8 @@ def _summary(report: dict) -> list[str]:
     graphs = report.get("graphs") or {report.get("precision", "?"): report}
     for precision, entry in graphs.items():
         h = entry.get("heldout", {})
-        if "accuracy" in h:
-            rows.append(f"{precision:<9} accuracy {h['accuracy']:.4f} (fp32 torch {h['reference_accuracy']:.4f}, "
-                        f"drop {h['drop_points']:+.3f} points), agreement {h['agreement']:.4f} on "
-                        f"{h['questions']} questions: {'within budget' if h.get('passed') else 'MISSED'}")
+        if "questions" in h:
+            rows.append(f"{precision:<9} {measured_text(h)}: {'within budget' if h.get('passed') else 'MISSED'}")
         if entry.get("excluded"):
             rows.append(f"          left in float: {', '.join(entry['excluded'])}")
     return rows
@@ -65,11 +67,12 @@ def run(args: argparse.Namespace) -> int:
             nodes = None if args.keep_fp32_nodes is None else \
                 tuple(n.strip() for n in args.keep_fp32_nodes.split(",") if n.strip())
             report = quantize_fp16(args.bundle, keep_fp32_nodes=nodes, keep_fp32_ops=ops,
-                                   heldout_scenes=args.heldout_scenes, progress=progress)
+                                   heldout_scenes=args.heldout_scenes, progress=progress, heldout=args.heldout,
+                                   model=args.model)
         else:
             report = quantize_int8(args.bundle, method=args.method, percentile=args.percentile,
                                    heldout_scenes=args.heldout_scenes, sensitivity=not args.no_sensitivity,
-                                   progress=progress)
+                                   progress=progress, heldout=args.heldout, model=args.model)
         status = 0
     except BudgetExceededError as exc:
         report = {"precision": args.precision, "error": str(exc), **exc.report}

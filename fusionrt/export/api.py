@@ -18,6 +18,7 @@ import numpy as np
 
 import fusionrt
 from fusionrt.bundle.manifest import BUNDLE_FORMAT, CUSTOM_TASK, SCHEMA_VERSION, VQA_TASK, Bundle, graph_filename
+from fusionrt.bundle.reference import ModelReference
 from fusionrt.bundle.source import checkpoint_files_sha256, weights_sha256
 from fusionrt.bundle.spec import GraphSpec
 from fusionrt.export.checks import check_graph
@@ -32,6 +33,7 @@ from fusionrt.export.contract import (
 )
 from fusionrt.export.errors import ExportError, VerificationError
 from fusionrt.export.exporters import DEFAULT_EXPORTER, EXPORTERS, export_graph
+from fusionrt.export.outputs import describe_outputs, probe, probe_sizes
 from fusionrt.export.writer import BundleWriter
 from fusionrt.parity.compare import Tolerance, compare_grid
 from fusionrt.parity.grid import GridPoint, grid_points, random_feed
@@ -58,41 +60,15 @@ def _positive(**values: Any) -> None:
 
 def _fusion_graph(model: Any, *, vocab_size: int, visual_dim: int, max_text_len: int, max_visual_len: int,
                   max_batch: int) -> _Graph:
-    """Run the module once on example inputs to learn H and A and to check its forward contract."""
-    import torch
-
-    batch = example_size(2, max_batch, ())
-    text_len = example_size(5, max_text_len, (batch,))
-    visual_len = example_size(3, max_visual_len, (batch, text_len, visual_dim))
-    rng = np.random.default_rng(0)
-    text_mask = np.ones((batch, text_len), dtype=bool)
-    visual_mask = np.ones((batch, visual_len), dtype=bool)
-    text_mask[1:, text_len - 1:] = visual_mask[1:, visual_len - 1:] = False  # padding, but no empty row
-    example = (
-        torch.from_numpy(np.where(text_mask, rng.integers(0, vocab_size, (batch, text_len)), 0)),
-        torch.from_numpy(text_mask),
-        torch.from_numpy(rng.standard_normal((batch, visual_len, visual_dim)).astype(np.float32)),
-        torch.from_numpy(visual_mask),
-    )
-    try:
-        with torch.no_grad():
-            outputs = model(*example)
-    except Exception as exc:
-        raise ExportError("model", FUSION_CONTRACT, f"a forward that raised {type(exc).__name__}: {exc}") from exc
-    received = (type(outputs).__name__ if not isinstance(outputs, tuple | list) else
-                "(" + ", ".join(f"{getattr(o, 'dtype', type(o).__name__)} {list(getattr(o, 'shape', []))}"
-                                for o in outputs) + ")")
-    if not (isinstance(outputs, tuple | list) and len(outputs) == 2
-            and all(isinstance(o, torch.Tensor) and o.dtype == torch.float32 for o in outputs)):
-        raise ExportError("model", FUSION_CONTRACT, f"outputs {received} at B={batch}, T={text_len}, M={visual_len}")
-    hidden, logits = outputs
-    if hidden.ndim != 3 or tuple(hidden.shape[:2]) != (batch, text_len) or logits.ndim != 2 \
-            or logits.shape[0] != batch:
-        raise ExportError("model", FUSION_CONTRACT, f"outputs {received} at B={batch}, T={text_len}, M={visual_len}")
-    spec = fusion_spec(vocab_size=vocab_size, visual_dim=visual_dim, hidden=int(hidden.shape[2]),
-                       num_answers=int(logits.shape[1]), max_text_len=max_text_len, max_visual_len=max_visual_len,
-                       max_batch=max_batch)
-    return _Graph(spec, model, example)
+    """Run the module at two shapes to learn its outputs (names, symbolic shapes) and check its contract."""
+    first, second = probe_sizes(max_batch, max_text_len, max_visual_len, visual_dim)
+    probes = [probe(model, first, vocab_size, visual_dim, seed=0, empty_visual_row=False),
+              probe(model, second, vocab_size, visual_dim, seed=1, empty_visual_row=True)]
+    outputs = describe_outputs(model, probes)
+    spec = fusion_spec(vocab_size=vocab_size, visual_dim=visual_dim, hidden=0, num_answers=0,
+                       max_text_len=max_text_len, max_visual_len=max_visual_len, max_batch=max_batch,
+                       outputs=outputs)
+    return _Graph(spec, model, probes[0].example)
 
 
 def _region_graph(encoder: Any, *, max_regions: int, opt_regions: int) -> _Graph:
@@ -214,21 +190,36 @@ def _export(out_dir: str | Path, graphs: list[_Graph], files: dict[str, bytes], 
                             [getattr(exc, "report", None) for _, exc in errors])
 
 
+def _output_size(spec: GraphSpec, name: str, rank: int) -> int | None:
+    """The fixed last size of output ``name`` when it has the default contract's rank, else None."""
+    tensor = next((t for t in spec.outputs if t.name == name), None)
+    if tensor is None or len(tensor.shape) != rank or not isinstance(tensor.shape[-1], int):
+        return None
+    return tensor.shape[-1]
+
+
 def export_onnx(model: Any, out_dir: str | Path, *, vocab_size: int, visual_dim: int, max_text_len: int,
                 max_visual_len: int, max_batch: int = 64, opset: int = 17, exporter: str = "auto",
                 atol: float = 1e-4, progress: Progress = SILENT) -> Path:
     """Export any fusion module to a verified bundle at ``out_dir``; return its path.
 
-    ``model``: a ``torch.nn.Module`` with ``forward(input_ids int64 [B,T], text_mask bool [B,T],
-    visual_feats float32 [B,M,visual_dim], visual_mask bool [B,M]) -> (hidden float32 [B,T,H],
-    logits float32 [B,A])``; ``vocab_size`` bounds the token ids, ``max_*`` the dynamic dims.
+    ``model``: a ``torch.nn.Module``, or a model reference (``"FILE.py:FACTORY"``, ``"package.module:FACTORY"``
+    or a :class:`ModelReference`) whose factory returns one; a reference is recorded in the manifest with the
+    sha256 of its file, so parity and the pipeline can re-load the module later. Its ``forward(input_ids int64
+    [B,T], text_mask bool [B,T], visual_feats float32 [B,M,visual_dim], visual_mask bool [B,M])`` returns float32
+    tensors whose first axis is B (e.g. ``hidden [B,T,H], logits [B,A]``; see :mod:`fusionrt.export.outputs`
+    for names and declared shapes); ``vocab_size`` bounds the token ids, ``max_*`` the dynamic dims.
     ``exporter``: ``"legacy"``, ``"dynamo"`` or ``"auto"`` (the measured faster one first, the other
-    if it fails). Raises :class:`ExportError` for an unusable module or target and
-    :class:`VerificationError` (with the failing grid points) when ONNX Runtime and PyTorch differ by
-    more than ``atol`` on ``hidden`` or ``logits``; nothing is written then.
+    if it fails). Raises :class:`ExportError` for an unusable module or target (naming the output and shape
+    for an output that breaks the contract) and :class:`VerificationError` (with the failing grid points) when
+    ONNX Runtime and PyTorch differ by more than ``atol`` on an output; nothing is written then.
     """
     import torch
 
+    reference = None
+    if isinstance(model, ModelReference) or (isinstance(model, str) and ":" in model):
+        reference = ModelReference.parse(model, "model") if isinstance(model, str) else model
+        model = reference.load("model")
     if not isinstance(model, torch.nn.Module):
         raise ExportError("model", "a torch.nn.Module", type(model).__name__)
     _positive(vocab_size=vocab_size, visual_dim=visual_dim, max_text_len=max_text_len,
@@ -237,17 +228,22 @@ def export_onnx(model: Any, out_dir: str | Path, *, vocab_size: int, visual_dim:
     graph = _fusion_graph(model, vocab_size=vocab_size, visual_dim=visual_dim, max_text_len=max_text_len,
                           max_visual_len=max_visual_len, max_batch=max_batch)
     config = getattr(model, "config", None)
+    class_name = f"{type(model).__module__}.{type(model).__qualname__}"
+    source: dict[str, Any] = {"kind": "module", "class": class_name,
+                              "weights_sha256": {FUSION: weights_sha256(model)}}
+    if reference is not None:
+        record = reference.record("model")
+        source.update(kind="reference", **record, files={Path(record["file"]).name: record["file_sha256"]})
     manifest = {
         "task": CUSTOM_TASK,
         "model": {
-            "class": f"{type(model).__module__}.{type(model).__qualname__}",
+            "class": class_name,
             "vocab_size": vocab_size, "visual_dim": visual_dim, "max_text_len": max_text_len,
             "max_visual_len": max_visual_len, "max_batch": max_batch,
-            "hidden": graph.spec.outputs[0].shape[2], "num_answers": graph.spec.outputs[1].shape[1],
+            "hidden": _output_size(graph.spec, "hidden", 3), "num_answers": _output_size(graph.spec, "logits", 2),
             "config": config.to_dict() if hasattr(config, "to_dict") else None,
         },
-        "source": {"kind": "module", "class": f"{type(model).__module__}.{type(model).__qualname__}",
-                   "weights_sha256": {FUSION: weights_sha256(model)}},
+        "source": source,
     }
     return _export(out_dir, [graph], {}, manifest, opset, exporter, atol, progress)
 

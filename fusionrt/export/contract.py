@@ -24,9 +24,10 @@ def _middle(high: int) -> int:
 
 
 def fusion_spec(*, vocab_size: int, visual_dim: int, hidden: int, num_answers: int, max_text_len: int,
-                max_visual_len: int, max_batch: int) -> GraphSpec:
+                max_visual_len: int, max_batch: int, outputs: tuple[TensorSpec, ...] | None = None) -> GraphSpec:
     """Batch up to ``max_batch``; one question per row is the size to tune for; M may be empty (padded).
-    Both masks are prefixes: each row's real tokens / regions first, padding after."""
+    Both masks are prefixes: each row's real tokens / regions first, padding after. ``outputs``: a user
+    module's own outputs (any float32 tensors over B, T, M and static sizes) instead of (hidden, logits)."""
     dims = {
         "B": DimRange(1, 1, max_batch),
         "T": DimRange(1, _middle(max_text_len), max_text_len),
@@ -40,8 +41,8 @@ def fusion_spec(*, vocab_size: int, visual_dim: int, hidden: int, num_answers: i
             TensorSpec("visual_feats", "float32", ("B", "M", visual_dim)),
             TensorSpec("visual_mask", "bool", ("B", "M"), prefix_mask=True),
         ),
-        outputs=(TensorSpec("hidden", "float32", ("B", "T", hidden)),
-                 TensorSpec("logits", "float32", ("B", num_answers))),
+        outputs=outputs or (TensorSpec("hidden", "float32", ("B", "T", hidden)),
+                            TensorSpec("logits", "float32", ("B", num_answers))),
         dims=dims,
         precisions={"fp32": graph_filename(FUSION)},
     )

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fusionrt.bundle.manifest import Bundle
+from fusionrt.bundle.manifest import VQA_TASK, Bundle
 from fusionrt.errors import InputError
-from fusionrt.parity.budgets import BUDGETS
+from fusionrt.parity.budgets import BUDGETS, CUSTOM_BUDGETS
 
 MANIFEST, FLAG = "manifest", "flag"
 EVERY_OUTPUT = "*"
@@ -125,17 +125,20 @@ class Gates:
             return None
         return Failure(where, output, "; ".join(text for text, _ in broken), point, max(e for _, e in broken))
 
-    def check_scenes(self, agreement: float, accuracy: Mapping[str, float]) -> list[Failure]:
-        """Task gates on real scenes: argmax agreement and accuracy drop (percentage points) against the reference."""
+    def check_scenes(self, agreement: float | None, accuracy: Mapping[str, float] | None,
+                     where: str = "scenes") -> list[Failure]:
+        """Task gates on real held-out data: argmax agreement and accuracy drop (percentage points) against the
+        reference; a metric the data cannot give (None: no logits-like output, no labels) is not gated."""
         out = []
         floor, budget = self.scenes.get("min_agreement"), self.scenes.get("max_drop_points")
-        if floor is not None and agreement < floor.value:
-            out.append(Failure("scenes", None, f"argmax agreement {agreement:.4f} < {floor.value:g}",
+        if floor is not None and agreement is not None and agreement < floor.value:
+            out.append(Failure(where, None, f"argmax agreement {agreement:.4f} < {floor.value:g}",
                                excess=_ratio(1.0 - agreement, 1.0 - floor.value)))
-        drop = 100.0 * (accuracy["reference"] - accuracy["candidate"])
-        if budget is not None and drop > budget.value:
-            out.append(Failure("scenes", None, f"accuracy drop {drop:.3f} points > {budget.value:g}",
-                               excess=_ratio(drop, budget.value)))
+        if budget is not None and accuracy is not None:
+            drop = 100.0 * (accuracy["reference"] - accuracy["candidate"])
+            if drop > budget.value:
+                out.append(Failure(where, None, f"accuracy drop {drop:.3f} points > {budget.value:g}",
+                                   excess=_ratio(drop, budget.value)))
         return out
 
     def rows(self) -> list[tuple[str, str]]:
@@ -166,7 +169,23 @@ def _manifest_budget(manifest: Mapping[str, Any], precision: str) -> dict[str, f
     return dict(budget) if isinstance(budget, Mapping) else None
 
 
+def _custom_defaults(manifest: Mapping[str, Any], precision: str
+                     ) -> tuple[dict[str, dict[str, Limit]], dict[str, Limit]]:
+    """A user's model: every gate from the budget the precision was admitted with (recorded in the manifest,
+    measured on its own held-out feeds), the cosine floor on every output; the custom defaults otherwise."""
+    budget, source = _manifest_budget(manifest, precision), MANIFEST
+    if budget is None:
+        budget, source = CUSTOM_BUDGETS[precision].to_dict(), default_for(precision)
+    outputs = {"min_cosine": {EVERY_OUTPUT: Limit(float(budget["min_cosine"]), source)}} \
+        if "min_cosine" in budget else {}
+    scenes = {gate: Limit(float(budget[gate]), source) for gate in ("max_drop_points", "min_agreement")
+              if gate in budget}
+    return outputs, scenes
+
+
 def _defaults(manifest: Mapping[str, Any], precision: str) -> tuple[dict[str, dict[str, Limit]], dict[str, Limit]]:
+    if precision in CUSTOM_BUDGETS and manifest.get("task", VQA_TASK) != VQA_TASK:
+        return _custom_defaults(manifest, precision)
     if precision not in COSINE_FLOORS:  # fp32, or a precision nothing is known about: as strict as fp32
         source = default_for("fp32")
         outputs = {gate: {EVERY_OUTPUT: Limit(FP32_GATES[gate], source)} for gate in ("max_abs", "min_cosine")}

@@ -12,6 +12,7 @@ from fusionrt.data.dataset import QASet
 from fusionrt.parity.compare import GridResult, Runs, Tolerance, compare_grid
 from fusionrt.parity.gates import Failure, Gates, gates_for
 from fusionrt.parity.grid import grid_points
+from fusionrt.parity.heldout import HeldoutSet, compare_heldout
 from fusionrt.parity.scenes import SceneResult, compare_scenes, heldout_questions
 from fusionrt.progress import SILENT, Progress
 from fusionrt.runtime.session import Session
@@ -41,9 +42,10 @@ class ParityReport:
                 out += [f for name, m in point.metrics.items()
                         if (f := self.gates.check_output(grid.graph, name, m, point.label)) is not None]
         if self.scenes is not None:
+            where = self.scenes.label
             out += [f for name, m in self.scenes.metrics.items()
-                    if (f := self.gates.check_output("scenes", name, m)) is not None]
-            out += self.gates.check_scenes(self.scenes.agreement, self.scenes.accuracy)
+                    if (f := self.gates.check_output(where, name, m)) is not None]
+            out += self.gates.check_scenes(self.scenes.agreement, self.scenes.accuracy, where)
         return out
 
     @property
@@ -81,16 +83,17 @@ class ParityReport:
                 f"{'where':<32} {'output':<8} {'max abs':>10} {'max rel':>10} {'mean abs':>10} {'cosine':>10}"]
         sections = [(f"{g.graph} grid ({len(g.points)} shapes)", g.summary()) for g in self.grids]
         if self.scenes is not None:
-            sections.append((f"scenes ({self.scenes.questions} questions)", self.scenes.metrics))
+            sections.append((f"{self.scenes.label} ({self.scenes.questions} rows)" if self.scenes.label != "scenes"
+                             else f"scenes ({self.scenes.questions} questions)", self.scenes.metrics))
         for where, metrics in sections:
             for name, m in metrics.items():
                 problem = f"  {m['problem']}" if m["problem"] else ""
                 rows.append(f"{where:<32} {name:<8} {m['max_abs']:>10.3g} {m['max_rel']:>10.3g} "
                             f"{m['mean_abs']:>10.3g} {m['cosine']:>10.6f}{problem}")
-        if self.scenes is not None:
+        if self.scenes is not None and self.scenes.agreement is not None:
             acc = self.scenes.accuracy
-            rows.append(f"argmax agreement {self.scenes.agreement:.4f}; task accuracy reference "
-                        f"{acc['reference']:.4f}, candidate {acc['candidate']:.4f}")
+            rows.append(f"argmax agreement {self.scenes.agreement:.4f}" + (
+                f"; task accuracy reference {acc['reference']:.4f}, candidate {acc['candidate']:.4f}" if acc else ""))
         rows.append(f"gates for the {self.gates.precision} candidate:")
         rows += [f"  {text:<48} {source}" for text, source in self.gates.rows()]
         if self.scenes is None and self.gates.scenes:
@@ -106,12 +109,13 @@ def run_parity(bundle: str | Path | Bundle, reference: str = "torch", candidate:
                gates: Gates | None = None, tolerance: Tolerance | None = None, seed: int = 0,
                reference_options: dict[str, Any] | None = None, candidate_options: dict[str, Any] | None = None,
                questions: QASet | None = None, reference_runners: Mapping[str, Runs] | None = None,
-               progress: Progress = SILENT) -> ParityReport:
+               heldout: HeldoutSet | None = None, progress: Progress = SILENT) -> ParityReport:
     """Compare ``candidate`` against ``reference`` on every graph's shape grid and on ``scenes`` held-out scenes.
 
     ``gates`` default to :func:`gates_for` the candidate's precision; ``tolerance`` (older API) sets fp32-style
-    gates instead. Scenes need the bundle's region encoder and tokenizer; a bundle of a foreign fusion
-    module is compared on the grid only.
+    gates instead. Scenes need the bundle's region encoder and tokenizer; a bundle of a user's fusion module
+    is compared on the grid and on its ``heldout`` feeds (:class:`fusionrt.parity.heldout.FeedHeldout`, whose
+    reference outputs are computed once), or on the grid only without them.
 
     To compare several candidates against one reference, pass the same ``questions`` (held-out scene questions,
     e.g. :meth:`fusionrt.parity.heldout.Heldout.scene_questions`) and ``reference_runners`` (graph -> runner,
@@ -136,5 +140,7 @@ def run_parity(bundle: str | Path | Bundle, reference: str = "torch", candidate:
         batch = min(64, opened.graph("fusion").dims["B"].max)
         scene_result = compare_scenes(sides["reference"], sides["candidate"], qa,
                                       int(opened.model["visual_dim"]), batch, progress)
+    elif heldout is not None and opened.task != VQA_TASK:
+        scene_result = compare_heldout(heldout, sides["candidate"]["fusion"], progress)
     return ParityReport(str(opened.path), sides["reference"]["fusion"].describe(),
                         sides["candidate"]["fusion"].describe(), gates, grids, scene_result)

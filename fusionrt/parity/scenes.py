@@ -23,23 +23,26 @@ from fusionrt.runtime.session import Session
 
 @dataclass
 class SceneResult:
-    """Output metrics, argmax agreement and each side's accuracy over real held-out questions."""
+    """Output metrics, argmax agreement and each side's accuracy over real held-out questions (or a user's
+    held-out feeds: ``label`` says which; ``agreement`` is None without a logits-like output, ``accuracy``
+    None without labels)."""
 
     scenes: int
     questions: int
     metrics: dict[str, dict[str, Any]]
-    agreement: float
-    accuracy: dict[str, float]
+    agreement: float | None
+    accuracy: dict[str, float] | None
+    label: str = "scenes"
 
     def failures(self, tolerance: Tolerance) -> list[str]:
         out = tolerance.output_failures("scenes", self.metrics)
-        if self.agreement < tolerance.min_agreement:
+        if self.agreement is not None and self.agreement < tolerance.min_agreement:
             out.append(f"scenes: argmax agreement {self.agreement:.4f} < {tolerance.min_agreement:g}")
         return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"scenes": self.scenes, "questions": self.questions, "metrics": self.metrics,
-                "argmax_agreement": self.agreement, "accuracy": self.accuracy}
+                "argmax_agreement": self.agreement, "accuracy": self.accuracy, "on": self.label}
 
 
 def heldout_questions(bundle: Bundle, scenes: int, start: int = 0, progress: Progress = SILENT) -> QASet:

@@ -23,17 +23,20 @@ from pathlib import Path
 from typing import Any
 
 from fusionrt.bench import BenchConfig, run_bench
-from fusionrt.bundle.manifest import MANIFEST, Bundle, is_bundle
-from fusionrt.bundle.source import checkpoint_files_sha256
+from fusionrt.bench.run import DEFAULT_SHAPES
+from fusionrt.bundle.manifest import MANIFEST, VQA_TASK, Bundle, is_bundle
+from fusionrt.bundle.reference import ModelReference
+from fusionrt.bundle.source import checkpoint_files_sha256, directory_sha256
 from fusionrt.bundle.transaction import BundleTransaction
 from fusionrt.calibration import BUDGETS, METHODS, BudgetExceededError, calibrate, quantize_fp16, quantize_int8
 from fusionrt.engine.stage import build_all_engines, engine_unavailable_reason
 from fusionrt.errors import FusionrtError, InputError
-from fusionrt.export import VerificationError, export_checkpoint
+from fusionrt.export import VerificationError, export_checkpoint, export_onnx
 from fusionrt.io import atomic_write_json, json_safe
 from fusionrt.parity import gates_for, run_parity
 from fusionrt.parity.accuracy import accuracy_by_kind
-from fusionrt.parity.heldout import Heldout, HeldoutEvaluator, MemoizedRuns
+from fusionrt.parity.budgets import CUSTOM_BUDGETS, measured_text
+from fusionrt.parity.heldout import FeedHeldout, Heldout, HeldoutEvaluator, HeldoutSet, MemoizedRuns
 from fusionrt.pipeline.lock import bundle_lock
 from fusionrt.pipeline.result import Gate, PipelineResult, StageRecord
 from fusionrt.progress import SILENT, Progress
@@ -76,8 +79,19 @@ class PipelineConfig:
     bench_runs: int = 20
     threads: int | None = None
     torch_options: dict[str, Any] = field(default_factory=dict)
+    # A user's own model (task "custom"): its reference, dims and npz feeds instead of a checkpoint.
+    model: str | None = None
+    calibration: Path | None = None
+    heldout: Path | None = None
+    dims: dict[str, int] = field(default_factory=dict)  # vocab_size, visual_dim, max_text_len, max_visual_len
+    max_batch: int = 64
 
     def check(self) -> None:
+        if self.model is not None:
+            self._check_model()
+        elif self.calibration is not None or self.heldout is not None:
+            flag = "--calibration" if self.calibration is not None else "--heldout"
+            raise InputError(flag, "feeds only with --model (the shipped model uses its scene world)", "no --model")
         unknown = [p for p in self.precisions if p not in PRECISIONS]
         if unknown or "fp32" not in self.precisions:
             raise InputError("--precisions", f"fp32 plus any of {list(PRECISIONS[1:])}", ",".join(self.precisions))
@@ -89,6 +103,19 @@ class PipelineConfig:
         if bad or not self.backends:
             raise InputError("--backends", f"one or more of {sorted(set(BACKENDS) - {'torch'})} (torch is the "
                              "reference)", ",".join(self.backends))
+
+    def _check_model(self) -> None:
+        ModelReference.parse(self.model)
+        if self.checkpoint is not None:
+            raise InputError("--checkpoint", "either --checkpoint or --model", "both")
+        for flag, directory in (("--calibration", self.calibration), ("--heldout", self.heldout)):
+            if directory is None or not Path(directory).is_dir():
+                raise InputError(flag, "a directory of npz feeds (required with --model)",
+                                 f"no directory at {directory}" if directory is not None else "nothing")
+        for dim in ("vocab_size", "visual_dim", "max_text_len", "max_visual_len"):
+            if not isinstance(self.dims.get(dim), int):
+                raise InputError(f"--{dim.replace('_', '-')}", "a positive integer (required with --model)",
+                                 repr(self.dims.get(dim)))
 
 
 def _key(**parts: Any) -> str:
@@ -109,15 +136,26 @@ class _Run:
         self.progress = progress
         self.log = log
         self.out = Path(config.out).resolve()
-        self.checkpoint = Path(config.checkpoint) if config.checkpoint is not None else SHIPPED_CHECKPOINT
-        if not self.checkpoint.is_dir():
-            raise InputError("--checkpoint", "a checkpoint directory", f"no directory at {self.checkpoint}")
-        self.checkpoint_files = checkpoint_files_sha256(self.checkpoint)
+        self.reference = ModelReference.parse(config.model) if config.model is not None else None
+        # What the stages of a user's model also depend on: its dims and the sha256 of each feeds directory.
+        self.custom_key: dict[str, Any] = {}
+        if self.reference is not None:
+            record = self.reference.record()
+            self.checkpoint = Path(record["file"])
+            self.checkpoint_files = {self.checkpoint.name: record["file_sha256"]}
+            self.custom_key = {"dims": dict(config.dims), "max_batch": config.max_batch}
+            self.feeds = {name: directory_sha256(directory)
+                          for name, directory in (("calibration", config.calibration), ("heldout", config.heldout))}
+        else:
+            self.checkpoint = Path(config.checkpoint) if config.checkpoint is not None else SHIPPED_CHECKPOINT
+            if not self.checkpoint.is_dir():
+                raise InputError("--checkpoint", "a checkpoint directory", f"no directory at {self.checkpoint}")
+            self.checkpoint_files = checkpoint_files_sha256(self.checkpoint)
         self.result = PipelineResult(str(self.out))
         self.recorded: dict[str, Any] = {}
         self.keys: dict[str, str] = {}
         self.current: Bundle | None = None  # the bundle as last published (verified at the start, then ours)
-        self._heldout: Heldout | None = None
+        self._heldout: HeldoutSet | None = None
         self._evaluator: HeldoutEvaluator | None = None
         self._reference_runners: dict[str, MemoizedRuns] = {}
         self.stage_dir = self.out / ".pipeline-stage"
@@ -145,7 +183,8 @@ class _Run:
         if recorded != self.checkpoint_files and not self.config.force:
             source = manifest.get("source", {}).get("path", "an unknown source") if isinstance(manifest, dict) \
                 else "an unreadable manifest"
-            raise InputError("--out", f"a bundle exported from {self.checkpoint} (or pass --force to replace it)",
+            raise InputError("--out", f"a bundle exported from {self.reference or self.checkpoint} (or pass --force "
+                             "to replace it)",
                              f"{self.out}, a bundle of another checkpoint ({source})")
         try:
             self.current = Bundle.open(self.out)  # every file's size and sha256: the run's one full check
@@ -199,11 +238,21 @@ class _Run:
         present = self.bundle().graph("fusion").precisions
         return [g for p in self.config.precisions for g in GRAPHS_OF[p] if g in present]
 
-    def heldout(self) -> Heldout:
-        """The run's one held-out set and fp32 PyTorch reference: fp16, int8, the accuracy tables and parity."""
+    @property
+    def custom(self) -> bool:
+        """A user's own model (``--model``): its feeds instead of the scene world."""
+        return self.reference is not None
+
+    def heldout(self) -> HeldoutSet:
+        """The run's one held-out set and fp32 PyTorch reference: fp16, int8, the accuracy tables and parity
+        (the scene world's held-out scenes, or a user's held-out feeds)."""
         if self._heldout is None:
-            self._heldout = Heldout(self.bundle(), self.config.heldout_scenes, progress=self.progress,
-                                    reference=self.reference_runners()["fusion"])
+            reference = self.reference_runners()["fusion"]
+            if self.custom:
+                self._heldout = FeedHeldout(self.bundle(), self.config.heldout, self.progress, reference)
+            else:
+                self._heldout = Heldout(self.bundle(), self.config.heldout_scenes, progress=self.progress,
+                                        reference=reference)
         return self._heldout
 
     def evaluator(self) -> HeldoutEvaluator:
@@ -216,9 +265,10 @@ class _Run:
         """fp32 PyTorch Sessions of every graph, each feed run once for all the comparisons of this run."""
         if not self._reference_runners:
             bundle = self.bundle()
+            # A user's model: the reference given to this run (its weights are checked against the manifest's).
+            options = {**self.config.torch_options, **({"model": self.reference} if self.custom else {})}
             self._reference_runners = {
-                graph: MemoizedRuns(Session(bundle, "torch", graph, "fp32", **self.config.torch_options))
-                for graph in bundle.graphs}
+                graph: MemoizedRuns(Session(bundle, "torch", graph, "fp32", **options)) for graph in bundle.graphs}
         return self._reference_runners
 
     def close(self) -> None:
@@ -278,7 +328,11 @@ class _Run:
 
 def _export(run: _Run) -> tuple[dict[str, Any], list[str]]:
     try:
-        export_checkpoint(run.checkpoint, run.out, progress=run.progress)
+        if run.custom:
+            export_onnx(run.reference, run.out, **run.config.dims, max_batch=run.config.max_batch,
+                        progress=run.progress)
+        else:
+            export_checkpoint(run.checkpoint, run.out, progress=run.progress)
     except VerificationError as exc:
         return {"verification": {"passed": False, "failures": exc.failures[:20]}}, []
     verification = run.refresh().manifest["verification"]  # export verified every graph it wrote
@@ -299,7 +353,8 @@ def _export_gates(summary: dict[str, Any]) -> list[Gate]:
 
 
 def _calibrate(run: _Run) -> tuple[dict[str, Any], list[str]]:
-    record = calibrate(run.out, samples=run.config.calib_samples, progress=run.progress)
+    record = calibrate(run.out, samples=run.config.calib_samples, from_dir=run.config.calibration,
+                       progress=run.progress)
     return {"samples": record["samples"], "sha256": record["sha256"]}, []
 
 
@@ -321,9 +376,7 @@ def _accuracy_gates(stage: str) -> Callable[[dict[str, Any]], list[Gate]]:
         out = []
         for precision, heldout in summary["graphs"].items():
             failures = heldout.get("failures", [])
-            message = (f"accuracy {100 * heldout.get('accuracy', 0):.2f}% vs fp32 PyTorch "
-                       f"{100 * heldout.get('reference_accuracy', 0):.2f}%, agreement "
-                       f"{100 * heldout.get('agreement', 0):.2f}% on {heldout.get('questions', '?')} questions")
+            message = measured_text(heldout)
             out.append(Gate(f"accuracy budget {precision}", stage, "failed" if failures else "passed",
                             "; ".join(failures) or message, message))
         if summary.get("failed") and not any(g.status == "failed" for g in out):
@@ -335,7 +388,7 @@ def _accuracy_gates(stage: str) -> Callable[[dict[str, Any]], list[Gate]]:
 def _parity(run: _Run) -> tuple[dict[str, Any], list[str]]:
     bundle = run.bundle()
     heldout = run.heldout()
-    questions = heldout.scene_questions(run.config.parity_scenes)
+    questions = heldout.scene_questions(run.config.parity_scenes) if isinstance(heldout, Heldout) else None
     reports, summary = [], {"checks": []}
     for backend in run.config.backends:
         for precision in run.graphs():
@@ -344,7 +397,7 @@ def _parity(run: _Run) -> tuple[dict[str, Any], list[str]]:
             started = time.perf_counter()
             report = run_parity(bundle, "torch", backend, candidate_precision=precision,
                                 scenes=run.config.parity_scenes, gates=gates, questions=questions,
-                                reference_runners=run.reference_runners())
+                                reference_runners=run.reference_runners(), heldout=heldout)
             data = json_safe(report.to_dict())
             reports.append(data)
             summary["checks"].append({
@@ -354,6 +407,8 @@ def _parity(run: _Run) -> tuple[dict[str, Any], list[str]]:
                 "seconds": round(time.perf_counter() - started, 2),
                 "table": report.table()})
     atomic_write_json(run.stage_dir / PARITY_FILE, reports)
+    if bundle.task != VQA_TASK:  # accuracy per question kind is the scene world's
+        return summary, [PARITY_FILE]
     run.note("accuracy per question kind")
     accuracy = accuracy_by_kind(bundle, run.graphs(), backend=run.config.backends[0],
                                 heldout=heldout.subset(run.config.parity_scenes))
@@ -363,15 +418,25 @@ def _parity(run: _Run) -> tuple[dict[str, Any], list[str]]:
 
 def _parity_gates(summary: dict[str, Any]) -> list[Gate]:
     def passed(check: dict[str, Any]) -> str:  # a stage recorded before gate texts existed has only the dict
-        return "grid and held-out scenes within: " + check.get("gates_text", json.dumps(check.get("gates")))
+        return "grid and held-out data within: " + check.get("gates_text", json.dumps(check.get("gates")))
 
     return [Gate(f"parity {c['precision']} {c['backend']}", "parity", "passed" if c["passed"] else "failed",
                  "; ".join(c["failures"][:3]) or passed(c), c["table"], c["seconds"]) for c in summary["checks"]]
 
 
+def _fitted_shapes(bundle: Bundle) -> list[tuple[int, int, int]]:
+    """The benchmark's default (B, T, M) shapes, each size capped at the bundle's declared max (a user's model
+    may declare a shorter text or a smaller batch than ours)."""
+    dims = bundle.graph("fusion").dims
+    fitted = [tuple(min(size, dims[d].max) for size, d in zip(shape, "BTM", strict=True)) for shape in DEFAULT_SHAPES]
+    return list(dict.fromkeys(fitted))  # type: ignore[arg-type]
+
+
 def _bench(run: _Run) -> tuple[dict[str, Any], list[str]]:
+    options = {**run.config.torch_options, **({"model": run.reference} if run.custom else {})}
     config = BenchConfig(backends=run.config.backends, precisions=run.graphs(), runs=run.config.bench_runs,
-                         threads=run.config.threads, concurrency=2, torch_options=run.config.torch_options)
+                         threads=run.config.threads, concurrency=2, torch_options=options,
+                         shapes=_fitted_shapes(run.bundle()))
     report = run_bench(run.bundle(), config)
     atomic_write_json(run.stage_dir / BENCH_FILE, json_safe(report))
     best = {}
@@ -390,23 +455,27 @@ def _report(run: _Run) -> tuple[dict[str, Any], list[str]]:
 
 def _run_stages(run: _Run) -> None:
     config = run.config
-    run.keys["export"] = _key(checkpoint=run.checkpoint_files, exporter="auto", opset=17)
+    # A user's model adds its dims and feeds to the keys; the shipped model's keys stay as they were.
+    custom = run.custom_key
+    run.keys["export"] = _key(checkpoint=run.checkpoint_files, exporter="auto", opset=17, **custom)
     run.stage(1, "export", lambda: _export(run), _export_gates)
 
-    run.keys["calibrate"] = _key(export=run.keys["export"], samples=config.calib_samples)
+    run.keys["calibrate"] = _key(export=run.keys["export"], samples=config.calib_samples,
+                                 **({"feeds": run.feeds["calibration"]} if custom else {}))
+    heldout = {"heldout": run.feeds["heldout"]} if custom else {"heldout": config.heldout_scenes}
     if {"fp16", "int8"} & set(config.precisions):  # fp16 keeps in FP32 what the calibration data says
         run.stage(2, "calibrate", lambda: _calibrate(run))
     else:
         run.skip(2, "calibrate", "neither fp16 nor int8 requested")
 
-    run.keys["fp16"] = _key(calibrate=run.keys["calibrate"], heldout=config.heldout_scenes,
-                            budget=BUDGETS["fp16"].to_dict())
+    run.keys["fp16"] = _key(calibrate=run.keys["calibrate"], **heldout,
+                            budget=(CUSTOM_BUDGETS if custom else BUDGETS)["fp16"].to_dict())
     if "fp16" in config.precisions:
         run.stage(3, "fp16", lambda: _quantize(run, "fp16"), _accuracy_gates("fp16"))
     else:
         run.skip(3, "fp16", "not requested")
-    run.keys["int8"] = _key(calibrate=run.keys["calibrate"], method=config.calib_method,
-                            heldout=config.heldout_scenes, budget=BUDGETS["int8"].to_dict())
+    run.keys["int8"] = _key(calibrate=run.keys["calibrate"], method=config.calib_method, **heldout,
+                            budget=(CUSTOM_BUDGETS if custom else BUDGETS)["int8"].to_dict())
     if "int8" in config.precisions:
         run.stage(4, "int8", lambda: _quantize(run, "int8"), _accuracy_gates("int8"))
     else:
@@ -423,7 +492,8 @@ def _run_stages(run: _Run) -> None:
 
     gates = {p: gates_for(run.bundle(), p).to_dict() for p in run.graphs()}
     run.keys["parity"] = _key(graphs=graphs, checkpoint=run.checkpoint_files, gates=gates,
-                              scenes=config.parity_scenes, backends=list(config.backends))
+                              scenes=config.parity_scenes, backends=list(config.backends),
+                              **({"heldout": run.feeds["heldout"]} if custom else {}))
     run.stage(6, "parity", lambda: _parity(run), _parity_gates)
     run.keys["bench"] = _key(graphs=graphs, backends=list(config.backends), runs=config.bench_runs,
                              threads=config.threads)

@@ -48,8 +48,9 @@ def collect(bundle_dir: str | Path, result: Any = None) -> dict[str, Any]:
 
 
 def _markdown(data: dict[str, Any], pngs: dict[str, str]) -> str:
+    source = data.get("source") or {}
     lines = ["# fusionrt pipeline report", "", f"Bundle `{data['bundle']}`, exported from "
-             f"`{(data.get('source') or {}).get('path', '?')}`.", ""]
+             f"`{source.get('path') or source.get('reference') or '?'}`.", ""]
     if data["gates"]:
         failed = [g for g in data["gates"] if g["status"] == "failed"]
         lines += [f"**{'FAILED: ' + failed[0]['name'] if failed else 'All gates passed.'}**", "",
