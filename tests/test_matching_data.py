@@ -4,8 +4,15 @@ database."""
 import numpy as np
 import pytest
 
-from fusionrt.data.matching import MatchQuery, Phrase, hard_negative, heldout_database, match_corpus, \
-    one_attribute_changes, query_for_scene
+from fusionrt.data.matching import (
+    MatchQuery,
+    Phrase,
+    hard_negative,
+    heldout_database,
+    match_corpus,
+    one_attribute_changes,
+    query_for_scene,
+)
 from fusionrt.data.tokenizer import QuestionEncoder, train_tokenizer
 from fusionrt.data.world import Scene, SceneObject, generate_scene
 
