@@ -41,3 +41,22 @@ def test_shipped_match_checkpoint_meets_the_targets_on_heldout_scenes():
     assert metrics["itm_roc_auc"] >= 0.97
     assert metrics["ndcg10_two_stage"] >= 0.98 * metrics["ndcg10_exhaustive_itm"]
     assert np.isfinite(metrics["ndcg10_dual_encoder"])
+
+
+def test_shipped_match_bundle_is_exported_from_the_shipped_checkpoint_and_agrees_with_it():
+    from fusionrt.bundle.manifest import Bundle, sha256_file
+    from fusionrt.runtime.session import Session
+    from fusionrt.search.searcher import SHIPPED_MATCH_BUNDLE
+
+    bundle = Bundle.open(SHIPPED_MATCH_BUNDLE)
+    assert bundle.task == "match"
+    assert sorted(bundle.graphs) == ["fusion", "image_embed", "region_encoder", "text_embed"]
+    for name, digest in bundle.manifest["source"]["files"].items():
+        assert sha256_file(SHIPPED_MATCH_CHECKPOINT / name) == digest, f"{name}: rerun scripts/make_small_bundle.py match"
+    loaded = load_match_checkpoint(SHIPPED_MATCH_CHECKPOINT)
+    ids, mask = loaded.queries.encode_batch(["a small red circle", "two blue objects", "a square left of a circle"])
+    feed = {"input_ids": ids, "text_mask": mask}
+    reference = Session(bundle, "torch", "text_embed", checkpoint=SHIPPED_MATCH_CHECKPOINT).run(feed)
+    deployed = Session(bundle, "onnxruntime", "text_embed").run(feed)
+    assert np.abs(reference["text_embedding"] - deployed["text_embedding"]).max() < 1e-4
+    assert np.allclose(np.linalg.norm(deployed["text_embedding"], axis=1), 1.0, atol=1e-5)

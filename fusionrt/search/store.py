@@ -121,7 +121,9 @@ class MemoryFirstStage:
         self.sha256s, self.paths, self.vectors = store.snapshot()
 
     def search(self, vector: np.ndarray, top: int) -> list[tuple[str, str, float]]:
-        scores = self.vectors @ np.asarray(vector, dtype=np.float32)
+        # einsum's own loop, not BLAS: a threaded gemv spins its threads on a busy machine (measured 8 ms of
+        # CPU for 10k vectors vs well under 1 ms in one thread).
+        scores = np.einsum("nd,d->n", self.vectors, np.asarray(vector, dtype=np.float32))
         top = min(top, len(scores))
         best = np.argpartition(-scores, top - 1)[:top] if top < len(scores) else np.arange(len(scores))
         best = best[np.argsort(-scores[best], kind="stable")]
