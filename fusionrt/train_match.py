@@ -40,6 +40,7 @@ from fusionrt.model.match_checkpoint import MatchCheckpoint, save_match_checkpoi
 from fusionrt.model.region_encoder import RegionEncoder
 from fusionrt.progress import SILENT, Progress
 from fusionrt.search.metrics import mean_ndcg, roc_auc
+from fusionrt.train import optimizer_step
 from fusionrt.train_config import MatchTrainConfig
 
 MAX_REGIONS = 16
@@ -230,12 +231,7 @@ def train_match(config: MatchTrainConfig, out_dir: str | Path, progress: bool = 
         model.train()
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step, done, config)
-        loss = train_step(model, tokens, train_features, rng, config)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(loss.item())
+        losses.append(optimizer_step(train_step(model, tokens, train_features, rng, config), optimizer, model))
         if step % 20 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
     train_seconds = time.perf_counter() - started

@@ -16,7 +16,7 @@ import numpy as np
 from fusionrt.bundle.manifest import graph_filename
 from fusionrt.bundle.source import checkpoint_files_sha256, weights_sha256
 from fusionrt.bundle.spec import DimRange, GraphSpec, TensorSpec
-from fusionrt.export.api import _export, _fusion_graph, _Graph, _positive, _region_graph
+from fusionrt.export.api import _export, _fusion_graph, _Graph, _positive, _region_graph, checkpoint_model_manifest
 from fusionrt.export.contract import FUSION, REGION_ENCODER, example_size
 from fusionrt.progress import SILENT, Progress
 
@@ -95,15 +95,8 @@ def export_match_checkpoint(checkpoint_dir: str | Path | None, out_dir: str | Pa
     ]
     manifest = {
         "task": MATCH_TASK,
-        "model": {
-            "class": f"{type(model).__module__}.{type(model).__qualname__}",
-            "vocab_size": config.vocab_size, "visual_dim": config.visual_dim, "max_text_len": config.max_text_len,
-            "max_visual_len": config.max_visual_len, "max_batch": max_batch, "hidden": config.hidden,
-            "num_answers": 1, "embed_dim": embed_dim, "config": config.to_dict(),
-            "region_encoder": {"cnn_dim": loaded.region_encoder.config.cnn_dim,
-                               "channels": loaded.region_encoder.config.channels,
-                               "feature_dim": loaded.region_encoder.config.feature_dim},
-        },
+        "model": {**checkpoint_model_manifest(model, config, loaded.region_encoder, max_batch),
+                  "embed_dim": embed_dim},
         "source": {
             "kind": "checkpoint", "path": str(checkpoint_dir.resolve()), "files": source_files,
             "weights_sha256": {FUSION: weights_sha256(model.itm), REGION_ENCODER: weights_sha256(loaded.region_encoder),

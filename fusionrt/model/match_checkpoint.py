@@ -7,12 +7,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_file
-
 from fusionrt.data.tokenizer import QuestionEncoder
 from fusionrt.errors import CheckpointError
-from fusionrt.io import atomic_path, atomic_write_bytes, atomic_write_json
-from fusionrt.model.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, _load_weights, read_config
+from fusionrt.io import atomic_write_bytes, atomic_write_json
+from fusionrt.model.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, _load_weights, read_config, save_weights
 from fusionrt.model.config import FusionConfig
 from fusionrt.model.match import MatchHeadConfig, MatchModel
 from fusionrt.model.region_encoder import RegionEncoder, RegionEncoderConfig
@@ -52,12 +50,7 @@ def load_match_checkpoint(path: str | Path = SHIPPED_MATCH_CHECKPOINT) -> MatchC
 def save_match_checkpoint(checkpoint: MatchCheckpoint, path: str | Path,
                           metrics: dict[str, Any] | None = None) -> Path:
     """Write a matching checkpoint directory, each file atomically."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    for name, module in (("match", checkpoint.model), ("region_encoder", checkpoint.region_encoder)):
-        state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
-        with atomic_path(path / f"{name}.safetensors") as tmp:
-            save_file(state, str(tmp))
+    path = save_weights(path, {"match": checkpoint.model, "region_encoder": checkpoint.region_encoder})
     atomic_write_bytes(path / "tokenizer.json", checkpoint.queries.tokenizer.to_str().encode())
     atomic_write_json(path / "config.json", {
         "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "task": MATCH_TASK,
