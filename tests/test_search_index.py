@@ -232,3 +232,18 @@ def test_cli_bad_input_exits_2_with_one_line(built, tmp_path, capsys):
     assert "INDEX" in capsys.readouterr().err
     assert main(["index", "add", str(tmp_path / "none"), "--index", str(tmp_path / "i")]) == 2
     assert "DIR" in capsys.readouterr().err
+
+
+def test_rerank_agrees_across_backends(built):
+    """The re-rank runs through the runtime: OpenVINO's scores match ONNX Runtime's on the same candidates."""
+    pytest.importorskip("openvino")
+    scores = {}
+    for backend in ("onnxruntime", "openvino"):  # one at a time: the local mode locks its directory
+        searcher = Searcher(built[0], backend=backend)
+        try:
+            scores[backend] = {h.sha256: h.score for h in searcher.search("a large green object", top=10,
+                                                                            rerank=32)}
+        finally:
+            searcher.close()
+    assert list(scores["onnxruntime"]) == list(scores["openvino"])
+    assert list(scores["onnxruntime"].values()) == pytest.approx(list(scores["openvino"].values()), abs=1e-3)
