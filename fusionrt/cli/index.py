@@ -40,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo = actions.add_parser("demo", help="render held-out scenes into DIR (PNG, named by seed) to index")
     demo.add_argument("directory", metavar="DIR")
     demo.add_argument("--scenes", type=int, default=500, help="how many held-out scenes (default 500)")
+    add_json_option(demo, "what was written")
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress bars on stderr")
     remove = actions.add_parser("remove", help="drop indexed images")
     remove.add_argument("paths", nargs="+", metavar="PATH")
@@ -67,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "demo":
         if args.scenes < 1:
             raise InputError("--scenes", "a positive integer", str(args.scenes))
-        print(f"wrote {render_scenes(args.directory, args.scenes)} held-out scenes to {args.directory}")
+        written = {"scenes": render_scenes(args.directory, args.scenes), "directory": args.directory}
+        if not write_json(args.json, written):
+            print(f"wrote {written['scenes']} held-out scenes to {args.directory}")
         return 0
     bundle = Bundle.open(args.bundle or SHIPPED_MATCH_BUNDLE)
     if args.action == "add":
