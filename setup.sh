@@ -21,3 +21,6 @@ fi
 .venv-serve/bin/python -m pip install --quiet -c constraints.txt "numpy<2" "onnxruntime>=1.27" -e .
 .venv-serve/bin/python -m pip install --quiet --no-deps "nvidia-pytriton>=0.7"
 .venv/bin/fusionrt pipeline --out runs/bundle --junit runs/pipeline-junit.xml
+# A small demo index of held-out scenes for `fusionrt search` (README "Search"): 500 images, bounded (seconds).
+.venv/bin/fusionrt index demo runs/demo-scenes --scenes 500 -q
+.venv/bin/fusionrt index add runs/demo-scenes --index runs/demo-index -q

@@ -116,6 +116,15 @@ class GroundingHead(nn.Module):
         return total
 
 
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, modules: nn.Module) -> float:
+    """Backward, clip the gradient norm to 1, step; return the loss value."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(modules.parameters(), 1.0)
+    optimizer.step()
+    return loss.item()
+
+
 def _learning_rate(step: int, config: TrainConfig) -> float:
     if step < config.warmup_steps:
         return config.learning_rate * (step + 1) / config.warmup_steps
@@ -161,11 +170,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> di
         if config.grounding_loss_weight:
             grounding = grounding_head.loss(hidden, train_set.referent_token[idx], train_set.referent_x[idx])
             loss = loss + config.grounding_loss_weight * grounding
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(modules.parameters(), 1.0)
-        optimizer.step()
-        losses.append(loss.item())
+        losses.append(optimizer_step(loss, optimizer, modules))
         if step % 20 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
     metrics = evaluate(fusion, region_encoder, heldout)

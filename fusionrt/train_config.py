@@ -26,3 +26,33 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     model_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MatchTrainConfig:
+    """What ``fusionrt train --task match`` does; the defaults produce the shipped ``match`` checkpoint.
+
+    The region encoder is the shipped scene-world one, frozen: region features are computed once per
+    training scene, and an index built with either checkpoint stores the same features."""
+
+    train_scenes: int = 8000
+    heldout_scenes: int = 5000
+    heldout_queries: int = 500
+    # Exhaustive ITM over the whole held-out database costs queries x scenes fusion rows; this many queries.
+    exhaustive_queries: int = 40
+    rerank: int = 128
+    steps: int = 1500
+    # Wall-clock bound on the steps (0: none): the schedule then follows the larger of the step and time
+    # fractions, so a loaded machine trains fewer steps but still anneals to the end.
+    time_budget_s: float = 480.0
+    scenes_per_step: int = 48
+    hidden: int = 128
+    layers: int = 2
+    heads: int = 4
+    ffn: int = 512
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    itm_weight: float = 1.0
+    seed: int = 0
+    threads: int = 1

@@ -4,12 +4,15 @@ own fusion module) as an ONNX bundle."""
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from fusionrt.bundle import Bundle
 from fusionrt.cli.model_args import add_dim_arguments, add_model_argument, dims_from
 from fusionrt.cli.output import add_json_option, write_json
 from fusionrt.errors import InputError
 from fusionrt.export import export_checkpoint, export_onnx
+from fusionrt.export.match import MATCH_TASK, export_match_checkpoint
 from fusionrt.progress import progress_for
 
 
@@ -19,7 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the shipped model)")
     add_model_argument(parser)
     parser.add_argument("--out", required=True, help="bundle directory to write (replaced if it is a bundle)")
-    parser.add_argument("--max-batch", type=int, default=64, help="largest batch the graphs accept (default 64)")
+    parser.add_argument("--max-batch", type=int, default=None,
+                        help="largest batch the graphs accept (default 64; 256 for a match checkpoint, whose "
+                             "re-rank scores many images per query)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     parser.add_argument("--exporter", default="auto", choices=("auto", "legacy", "dynamo"),
                         help="torch.onnx exporter; auto tries the faster (legacy) first, then dynamo")
@@ -31,16 +36,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
+def checkpoint_task(path: Path) -> str | None:
+    """The task a checkpoint's config.json records (a scene-world VQA checkpoint records none)."""
+    try:
+        return json.loads((path / "config.json").read_text()).get("task")
+    except (OSError, ValueError, AttributeError):
+        return None  # export_checkpoint reports what is wrong with it
+
+
 def run(args: argparse.Namespace) -> int:
     progress = progress_for(args.quiet)
-    options = {"max_batch": args.max_batch, "opset": args.opset, "exporter": args.exporter, "atol": args.atol,
-               "progress": progress}
+    options = {"opset": args.opset, "exporter": args.exporter, "atol": args.atol, "progress": progress}
     if args.model is not None:
         if args.checkpoint is not None:
             raise InputError("--checkpoint", "either --checkpoint or --model", "both")
-        path = export_onnx(args.model, args.out, **dims_from(args), **options)
+        path = export_onnx(args.model, args.out, max_batch=args.max_batch or 64, **dims_from(args), **options)
+    elif args.checkpoint is not None and checkpoint_task(Path(args.checkpoint)) == MATCH_TASK:
+        path = export_match_checkpoint(args.checkpoint, args.out, max_batch=args.max_batch or 256, **options)
     else:
-        path = export_checkpoint(args.checkpoint, args.out, **options)
+        path = export_checkpoint(args.checkpoint, args.out, max_batch=args.max_batch or 64, **options)
     manifest = Bundle.open(path).manifest
     verification = manifest["verification"]
     if write_json(args.json, {"bundle": str(path), "exporter": manifest["exporter"], "opset": manifest["opset"],

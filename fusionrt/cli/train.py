@@ -1,4 +1,8 @@
-"""``fusionrt train``: train region encoder + fusion model and write a checkpoint."""
+"""``fusionrt train``: train a model on the scene world (CPU) and write a checkpoint.
+
+``--task vqa`` (the default): region encoder + fusion model answering questions. ``--task match``: the
+matching model (ITM + dual encoder) for search. Each task takes the settings of its own config; a setting
+given that the task does not have is refused."""
 
 from __future__ import annotations
 
@@ -6,26 +10,48 @@ import argparse
 import json
 from dataclasses import fields
 
-from fusionrt.train_config import TrainConfig
+from fusionrt.errors import InputError
+from fusionrt.train_config import MatchTrainConfig, TrainConfig
 
 _ARG_TYPES = {"int": int, "float": float, "str": str}
+_CONFIGS = {"vqa": TrainConfig, "match": MatchTrainConfig}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help="train the model on the scene world (CPU)")
     parser.add_argument("--out", required=True, help="checkpoint directory to write")
-    for field in fields(TrainConfig):
-        if field.type in _ARG_TYPES:
-            parser.add_argument(f"--{field.name.replace('_', '-')}", type=_ARG_TYPES[field.type],
-                                default=field.default, help=f"default {field.default}")
+    parser.add_argument("--task", choices=sorted(_CONFIGS), default="vqa",
+                        help="vqa: question answering (default); match: image-text matching and search")
+    seen: dict[str, list[str]] = {}
+    for task, config in _CONFIGS.items():
+        for field in fields(config):
+            if field.type in _ARG_TYPES:
+                seen.setdefault(field.name, []).append(f"{task}: {field.default}")
+    types = {f.name: f.type for config in _CONFIGS.values() for f in fields(config)}
+    for name, defaults in seen.items():
+        # SUPPRESS: only what is given reaches the config, so each task keeps its own defaults.
+        parser.add_argument(f"--{name.replace('_', '-')}", type=_ARG_TYPES[types[name]], default=argparse.SUPPRESS,
+                            help="default " + ", ".join(defaults))
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from fusionrt.train import train
+    config_class = _CONFIGS[args.task]
+    known = {f.name for f in fields(config_class)}
+    given = {name for name in vars(args) if any(name in {f.name for f in fields(c)} for c in _CONFIGS.values())}
+    if given - known:
+        option = "--" + sorted(given - known)[0].replace("_", "-")
+        raise InputError(option, f"a setting of --task {args.task}", "a setting of another task")
+    config = config_class(**{name: getattr(args, name) for name in given})
+    if args.task == "match":
+        from fusionrt.train_match import train_match
 
-    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
-    metrics = train(config, args.out)
-    summary = {k: metrics[k] for k in ("accuracy", "per_kind", "train_seconds", "parameters")}
-    print(json.dumps(summary, indent=2))
+        metrics = train_match(config, args.out)
+        keys = [k for k in metrics if k not in ("train_config", "loss_every_10_steps")]
+    else:
+        from fusionrt.train import train
+
+        metrics = train(config, args.out)
+        keys = ["accuracy", "per_kind", "train_seconds", "parameters"]
+    print(json.dumps({k: metrics[k] for k in keys}, indent=2))
     return 0

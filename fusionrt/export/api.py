@@ -248,6 +248,18 @@ def export_onnx(model: Any, out_dir: str | Path, *, vocab_size: int, visual_dim:
     return _export(out_dir, [graph], {}, manifest, opset, exporter, atol, progress)
 
 
+def checkpoint_model_manifest(model: Any, config: Any, region_encoder: Any, max_batch: int) -> dict[str, Any]:
+    """The manifest's ``model`` section for a checkpoint's fusion ``model`` (of ``config``) and region encoder."""
+    return {
+        "class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "vocab_size": config.vocab_size, "visual_dim": config.visual_dim, "max_text_len": config.max_text_len,
+        "max_visual_len": config.max_visual_len, "max_batch": max_batch, "hidden": config.hidden,
+        "num_answers": config.num_answers, "config": config.to_dict(),
+        "region_encoder": {"cnn_dim": region_encoder.config.cnn_dim, "channels": region_encoder.config.channels,
+                           "feature_dim": region_encoder.config.feature_dim},
+    }
+
+
 def export_checkpoint(checkpoint_dir: str | Path | None, out_dir: str | Path, *,
                       max_batch: int = 64, opset: int = 17, exporter: str = "auto", atol: float = 1e-4,
                       progress: Progress = SILENT) -> Path:
@@ -273,15 +285,7 @@ def export_checkpoint(checkpoint_dir: str | Path | None, out_dir: str | Path, *,
     files = {name: (checkpoint_dir / name).read_bytes() for name in ("tokenizer.json", "answers.json")}
     manifest = {
         "task": VQA_TASK,
-        "model": {
-            "class": f"{type(checkpoint.fusion).__module__}.{type(checkpoint.fusion).__qualname__}",
-            "vocab_size": config.vocab_size, "visual_dim": config.visual_dim, "max_text_len": config.max_text_len,
-            "max_visual_len": config.max_visual_len, "max_batch": max_batch, "hidden": config.hidden,
-            "num_answers": config.num_answers, "config": config.to_dict(),
-            "region_encoder": {"cnn_dim": checkpoint.region_encoder.config.cnn_dim,
-                               "channels": checkpoint.region_encoder.config.channels,
-                               "feature_dim": feature_dim},
-        },
+        "model": checkpoint_model_manifest(checkpoint.fusion, config, checkpoint.region_encoder, max_batch),
         "source": {
             "kind": "checkpoint", "path": str(checkpoint_dir.resolve()), "files": source_files,
             "weights_sha256": {FUSION: weights_sha256(checkpoint.fusion),

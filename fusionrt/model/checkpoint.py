@@ -102,14 +102,20 @@ def load_checkpoint(path: str | Path = SHIPPED_CHECKPOINT) -> Checkpoint:
     return Checkpoint(fusion, region_encoder.eval(), questions, answers, path)
 
 
-def save_checkpoint(checkpoint: Checkpoint, path: str | Path, metrics: dict[str, Any] | None = None) -> Path:
-    """Write a checkpoint directory (each file atomically)."""
+def save_weights(path: str | Path, modules: dict[str, nn.Module]) -> Path:
+    """Write ``NAME.safetensors`` of each module into the directory ``path`` (created), each atomically."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    for name, module in (("fusion", checkpoint.fusion), ("region_encoder", checkpoint.region_encoder)):
+    for name, module in modules.items():
         state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
         with atomic_path(path / f"{name}.safetensors") as tmp:
             save_file(state, str(tmp))
+    return path
+
+
+def save_checkpoint(checkpoint: Checkpoint, path: str | Path, metrics: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint directory (each file atomically)."""
+    path = save_weights(path, {"fusion": checkpoint.fusion, "region_encoder": checkpoint.region_encoder})
     atomic_write_bytes(path / "tokenizer.json", checkpoint.questions.tokenizer.to_str().encode())
     atomic_write_json(path / "answers.json", list(checkpoint.answers))
     atomic_write_json(path / "config.json", {

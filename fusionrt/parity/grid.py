@@ -55,6 +55,10 @@ def default_sizes(graph: GraphSpec, batches: Sequence[int] = DEFAULT_BATCHES,
 
 
 def _random_tensor(spec: TensorSpec, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    if spec.dtype == "bool" and spec.prefix_mask:  # each row's real items first; the first row full
+        lengths = rng.integers(1, shape[1] + 1, size=shape[0])
+        lengths[0] = shape[1]
+        return np.arange(shape[1])[None, :] < lengths[:, None]
     if spec.dtype == "bool":
         return rng.random(shape) < 0.7
     if spec.np_dtype.kind in "iu":

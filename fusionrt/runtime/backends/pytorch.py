@@ -87,10 +87,17 @@ def load_source_module(bundle: Bundle, graph: str, checkpoint: str | Path | None
         if sha256_file(file) != digest:
             raise BundleError("source checkpoint", f"{name} with the sha256 recorded at export",
                               f"a different file at {file}")
-    from fusionrt.model import load_checkpoint
+    if bundle.task == "match":
+        from fusionrt.model.match_checkpoint import load_match_checkpoint
 
-    loaded = load_checkpoint(path)
-    modules = {"fusion": loaded.fusion, "region_encoder": loaded.region_encoder}
+        match = load_match_checkpoint(path)
+        modules = {"fusion": match.model.itm, "region_encoder": match.region_encoder,
+                   "text_embed": match.model.text_embedder(), "image_embed": match.model.image_embedder}
+    else:
+        from fusionrt.model import load_checkpoint
+
+        loaded = load_checkpoint(path)
+        modules = {"fusion": loaded.fusion, "region_encoder": loaded.region_encoder}
     if graph not in modules:
         raise BackendError("graph", f"one of {sorted(modules)} on the torch backend", repr(graph))
     return modules[graph]

@@ -1,0 +1,130 @@
+"""The vector store of an image index: Qdrant, through ``qdrant_client``.
+
+One client API drives both deployments: ``QdrantClient(path=...)`` (local mode: embedded, on disk, one
+process) and ``QdrantClient(url=...)`` (a Qdrant server or cluster). See the README ("Search") for the
+measurements that chose it over Milvus Lite and a plain faiss/usearch index.
+
+Points are keyed by the image's content sha256 (as a UUID), so an upsert of the same image is idempotent:
+a crash and a rerun never duplicate a point. The payload holds ``sha256`` and ``path``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fusionrt.errors import BackendError
+
+COLLECTION = "images"
+# Local mode without persistence (benchmarks and tests: the same search code, no per-point commits).
+MEMORY = ":memory:"
+
+
+def point_id(sha256: str) -> str:
+    """The point id of an image: its content sha256's first 128 bits as a UUID."""
+    return str(uuid.UUID(sha256[:32]))
+
+
+def _client(location: str | Path) -> Any:
+    try:
+        from qdrant_client import QdrantClient
+    except ImportError as exc:
+        raise BackendError("vector store", "qdrant-client installed (pip install 'fusionrt[search]')",
+                           "no qdrant_client module") from exc
+    text = str(location)
+    if text == MEMORY:
+        return QdrantClient(location=MEMORY)
+    if text.startswith(("http://", "https://")):
+        return QdrantClient(url=text)
+    return QdrantClient(path=text)
+
+
+class VectorStore:
+    """Unit vectors of images with their sha256 and path, searched by dot product (cosine)."""
+
+    def __init__(self, location: str | Path, dim: int) -> None:
+        from qdrant_client import models
+
+        self.models = models
+        self.client = _client(location)
+        self.dim = dim
+        if not self.client.collection_exists(COLLECTION):
+            self.client.create_collection(COLLECTION, vectors_config=models.VectorParams(
+                size=dim, distance=models.Distance.DOT))
+
+    def upsert(self, sha256s: list[str], paths: list[str], vectors: np.ndarray) -> None:
+        """Insert or replace one point per image, all in one call (waited for: on disk when it returns)."""
+        if not sha256s:
+            return
+        self.client.upsert(COLLECTION, wait=True, points=self.models.Batch(
+            ids=[point_id(s) for s in sha256s], vectors=np.asarray(vectors, dtype=np.float32).tolist(),
+            payloads=[{"sha256": s, "path": p} for s, p in zip(sha256s, paths, strict=True)]))
+
+    def delete(self, sha256s: list[str]) -> None:
+        if sha256s:
+            self.client.delete(COLLECTION, points_selector=self.models.PointIdsList(
+                points=[point_id(s) for s in sha256s]), wait=True)
+
+    def payloads(self) -> list[dict[str, str]]:
+        """The payload (sha256, path) of every point."""
+        out, offset = [], None
+        while True:
+            points, offset = self.client.scroll(COLLECTION, limit=4096, offset=offset, with_payload=True,
+                                                with_vectors=False)
+            out += [dict(p.payload) for p in points]
+            if offset is None:
+                return out
+
+    def snapshot(self) -> tuple[list[str], list[str], np.ndarray]:
+        """Every point's sha256 and path, and the vectors float32 [N, dim], in one read."""
+        shas, paths, vectors, offset = [], [], [], None
+        while True:
+            points, offset = self.client.scroll(COLLECTION, limit=4096, offset=offset, with_payload=True,
+                                                with_vectors=True)
+            for p in points:
+                shas.append(p.payload["sha256"])
+                paths.append(p.payload["path"])
+                vectors.append(p.vector)
+            if offset is None:
+                return shas, paths, np.asarray(vectors, dtype=np.float32).reshape(len(shas), self.dim)
+
+    def search(self, vector: np.ndarray, top: int) -> list[tuple[str, str, float]]:
+        """The ``top`` nearest images: (sha256, path, cosine), best first."""
+        points = self.client.query_points(COLLECTION, query=np.asarray(vector, dtype=np.float32).tolist(),
+                                          limit=top, with_payload=True).points
+        return [(p.payload["sha256"], p.payload["path"], float(p.score)) for p in points]
+
+    @property
+    def local(self) -> bool:
+        """Whether this is the embedded local mode (on disk or in memory), not a server."""
+        return type(self.client._client).__name__ == "QdrantLocal"
+
+    def count(self) -> int:
+        return int(self.client.count(COLLECTION, exact=True).count)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class MemoryFirstStage:
+    """Exact cosine search over a snapshot of the store's vectors, in process (numpy).
+
+    Why: the embedded local mode scores every point in Python (measured 144 ms per query at 100k points on the
+    loaded 2-core machine; Qdrant itself warns against local mode past 20k points), while one matrix-vector
+    product over the same vectors takes a few ms. The store stays the record (crash-safe writes, sha256 keys,
+    the server's HNSW when it is a server); this is a read-side copy taken when a Searcher opens."""
+
+    def __init__(self, store: VectorStore) -> None:
+        self.sha256s, self.paths, self.vectors = store.snapshot()
+
+    def search(self, vector: np.ndarray, top: int) -> list[tuple[str, str, float]]:
+        # einsum's own loop, not BLAS: a threaded gemv spins its threads on a busy machine (measured 8 ms of
+        # CPU for 10k vectors vs well under 1 ms in one thread).
+        scores = np.einsum("nd,d->n", self.vectors, np.asarray(vector, dtype=np.float32))
+        top = min(top, len(scores))
+        best = np.argpartition(-scores, top - 1)[:top] if top < len(scores) else np.arange(len(scores))
+        best = best[np.argsort(-scores[best], kind="stable")]
+        return [(self.sha256s[i], self.paths[i], float(scores[i])) for i in best]
