@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from fusionrt.bundle import Bundle
-from fusionrt.cli.output import add_json_option, write_json
+from fusionrt.cli import arguments
+from fusionrt.cli.output import add_json_option, check_output, write_json
 from fusionrt.export import export_checkpoint
 from fusionrt.progress import progress_for
 
@@ -15,11 +16,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "export", help="export a checkpoint to a verified ONNX bundle (needs torch, onnx, onnxruntime)")
     parser.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the shipped model)")
     parser.add_argument("--out", required=True, help="bundle directory to write (replaced if it is a bundle)")
-    parser.add_argument("--max-batch", type=int, default=64, help="largest batch the graphs accept (default 64)")
+    parser.add_argument("--max-batch", type=arguments.POSITIVE, default=64,
+                        help="largest batch the graphs accept (default 64)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     parser.add_argument("--exporter", default="auto", choices=("auto", "legacy", "dynamo"),
                         help="torch.onnx exporter; auto tries the faster (legacy) first, then dynamo")
-    parser.add_argument("--atol", type=float, default=1e-4,
+    parser.add_argument("--atol", type=arguments.real(0), default=1e-4,
                         help="largest ONNX Runtime vs PyTorch abs error allowed on the grid (default 1e-4)")
 
     add_json_option(parser, "the manifest's verification section")
@@ -27,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output("--out", args.out, directory=True)
     progress = progress_for(args.quiet)
     path = export_checkpoint(args.checkpoint, args.out, max_batch=args.max_batch, opset=args.opset,
                              exporter=args.exporter, atol=args.atol, progress=progress)

@@ -6,18 +6,22 @@ import argparse
 import signal
 import sys
 
+from fusionrt.cli import arguments
 from fusionrt.serve import TritonServer
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("serve", help="serve a model repository with tritonserver (nvidia-pytriton)")
     parser.add_argument("repository", help="model repository written by `fusionrt triton`")
-    parser.add_argument("--http-port", type=int, default=None, help="HTTP port on 127.0.0.1 (default: a free one)")
-    parser.add_argument("--grpc-port", type=int, default=None, help="gRPC port on 127.0.0.1 (default: a free one)")
+    parser.add_argument("--http-port", type=arguments.PORT, default=None,
+                        help="HTTP port on 127.0.0.1 (default: a free one)")
+    parser.add_argument("--grpc-port", type=arguments.PORT, default=None,
+                        help="gRPC port on 127.0.0.1 (default: a free one)")
     parser.add_argument("--python", default=None,
                         help="serving interpreter with nvidia-pytriton and fusionrt (default: this one)")
     parser.add_argument("--server-log", action="store_true", help="copy the server's log to stderr")
-    parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the models to load")
+    parser.add_argument("--timeout", type=arguments.real(0, above=True), default=180.0,
+                        help="seconds to wait for the models to load")
     parser.set_defaults(handler=run)
 
 
