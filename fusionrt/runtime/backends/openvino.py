@@ -135,8 +135,13 @@ class OpenVinoRunner(Runner):
             request = self.compiled.create_infer_request()
         try:
             # share_outputs=False copies the results out, so the request can serve the next caller.
-            result = request.infer({self._input_ports[name]: array for name, array in feed.items()},
-                                   share_inputs=True, share_outputs=False)
+            try:
+                result = request.infer({self._input_ports[name]: array for name, array in feed.items()},
+                                       share_inputs=True, share_outputs=False)
+            except Exception as exc:  # openvino raises RuntimeError subclasses without a documented base
+                raise BackendError(f"openvino run of {self._path.name}",
+                                   "a feed the graph accepts (the manifest's ranges may not match the graph)",
+                                   f"{type(exc).__name__}: {str(exc).strip()[:300]}") from exc
             return {name: result[self._output_ports[name]] for name in self._output_names}
         finally:
             self._requests.put(request)
