@@ -84,3 +84,23 @@ def _tensor(graph: GraphSpec, name: str):
             return tensor
     raise BundleError(f"{MANIFEST} graphs.{graph.name}", f"a tensor named {name!r}",
                       f"{[t.name for t in (*graph.inputs, *graph.outputs)]}")
+
+
+def safe_bounds(manifest: Mapping[str, Any], graph: GraphSpec, precision: str) -> dict[str, float]:
+    """Largest |value| each float input of ``graph`` at ``precision`` may take, as measured and recorded in
+    the manifest's ``safe_ranges`` section (:mod:`fusionrt.calibration.safe_range`); ``{}`` where none is."""
+    where = f"{MANIFEST} safe_ranges.{graph.name}.{precision}"
+    section = manifest.get("safe_ranges", {})
+    entry = section.get(graph.name, {}).get(precision, {}) if isinstance(section, dict) and \
+        isinstance(section.get(graph.name, {}), dict) else None
+    if not isinstance(entry, dict):
+        raise BundleError(where, "an object of input name -> {max_abs: number}", repr(entry)[:80])
+    floats = {t.name for t in graph.inputs if t.np_dtype.kind == "f"}
+    bounds = {}
+    for name, record in entry.items():
+        bound = record.get("max_abs") if isinstance(record, dict) else None
+        if name not in floats or not isinstance(bound, int | float) or isinstance(bound, bool) or not bound > 0:
+            raise BundleError(f"{where}.{name}", f"a float input of the graph {sorted(floats)} with a positive "
+                                                 "max_abs", repr(record)[:80])
+        bounds[name] = float(bound)
+    return bounds
