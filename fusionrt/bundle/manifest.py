@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fusionrt.bundle.contract import MAX_MANIFEST_BYTES, MAX_MANIFEST_DEPTH, check_depth, check_graphs_against_model
+from fusionrt.bundle.contract import (
+    MAX_MANIFEST_BYTES,
+    MAX_MANIFEST_DEPTH,
+    check_depth,
+    check_graphs_against_model,
+    safe_bounds,
+)
 from fusionrt.bundle.spec import GraphSpec
 from fusionrt.errors import BundleError
 
@@ -147,6 +153,9 @@ class Bundle:
         manifest = read_manifest(path)
         graphs = {name: GraphSpec.from_dict(name, entry) for name, entry in manifest["graphs"].items()}
         check_graphs_against_model(manifest["model"], graphs)
+        for graph in graphs.values():
+            for precision in graph.precisions:
+                safe_bounds(manifest, graph, precision)
         for name, graph in graphs.items():
             for precision, filename in graph.precisions.items():
                 if filename not in manifest["files"]:

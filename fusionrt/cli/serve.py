@@ -62,9 +62,9 @@ def run(args: argparse.Namespace) -> int:
     def stop(signum: int, _frame: object) -> None:
         raise _Stop(signal.Signals(signum).name)
 
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     server = TritonServer(args.repository, http_port=args.http_port, grpc_port=args.grpc_port, python=args.python,
                           log=sys.stderr if args.server_log else None)
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.start(args.timeout)
         print(server.ready_line(), flush=True)
