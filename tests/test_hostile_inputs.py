@@ -415,7 +415,7 @@ CLI_CASES = {
     "doctor --json afile/d.json": ["doctor", "--no-torch", "--json", "{d}/afile/d.json"],
     "render afile/x.png": ["render", "{d}/afile/x.png"],
     "render into a read-only dir": ["render", "{d}/readonly/x.png"],
-    "doctor --json on a read-only file system": ["doctor", "--no-torch", "--json", "/proc/fusionrt-doctor.json"],
+    "doctor --json under /proc (cannot be written)": ["doctor", "--no-torch", "--json", "/proc/fusionrt-doctor.json"],
     "triton --out afile": ["triton", B, "--out", "{d}/afile"],
     "triton --max-batch 0": ["triton", B, "--out", "{d}/r", "--max-batch", "0"],
     "triton --queue-delay-us -2": ["triton", B, "--out", "{d}/r", "--queue-delay-us", "-2"],
@@ -426,6 +426,11 @@ CLI_CASES = {
     "export --max-batch -1": ["export", "--out", "{d}/e", "--max-batch", "-1"],
     "unknown command": ["bogus"],
 }
+
+
+# What the one line must say where another error could also give status 2 (no tritonserver in this venv).
+CLI_MESSAGES = {"serve --http-port 99999": "[1, 65535]", "serve --http-port -1": "[1, 65535]",
+                "serve a folder of PNGs": "config.pbtxt"}
 
 
 @pytest.mark.parametrize("case", list(CLI_CASES))
@@ -440,6 +445,7 @@ def test_cli_arguments(cli_places, capsys, case):
     err = capsys.readouterr().err
     assert status == 2, (status, err)
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert CLI_MESSAGES.get(case, "") in err
     assert not (cli_places / "afile").is_dir() and not (cli_places / "p").exists()
 
 
