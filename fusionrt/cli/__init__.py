@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from fusionrt import __version__
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fusionrt {args.command}: error: {where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        # A second Ctrl-C during shutdown would end the process by SIGINT instead of status 130.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         # Bundle updates are transactions: an interrupted one leaves the old bundle, so nothing to report.
         print(f"fusionrt {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
         return EXIT_INTERRUPTED
