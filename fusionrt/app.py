@@ -8,7 +8,7 @@ Runtime, without importing torch; a checkpoint directory selects the PyTorch ori
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -156,7 +156,13 @@ class Answerer:
         """
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or not 1 <= batch_size <= MAX_BATCH:
             raise InputError("batch_size", f"an integer in [1, {MAX_BATCH}]", repr(batch_size))
+        if isinstance(pairs, str | bytes | Path | np.ndarray) or not isinstance(pairs, Iterable):
+            raise InputError("pairs", "a sequence of (image, question) pairs", type(pairs).__name__)
         pairs = list(pairs)
+        for index, pair in enumerate(pairs):
+            if not isinstance(pair, tuple | list) or len(pair) != 2 or not isinstance(pair[1], str):
+                got = f"{type(pair).__name__} {pair!r:.60}"
+                raise InputError(f"pairs[{index}]", "an (image, question) pair: a path or array and a string", got)
         if not pairs:
             return []
         slots: dict[Any, int] = {}

@@ -33,6 +33,11 @@ class NoObjectsError(InputError):
     """The detector found no object in the image, so no question about it can be answered."""
 
 
+class NonFiniteOutputError(InputError):
+    """A graph returned NaN or Inf: the feed drove it past what its precision carries (e.g. large values
+    into a float16 graph). Raised instead of returning the values, so no answer comes from them."""
+
+
 class CheckpointError(FusionrtError):
     """A checkpoint directory is missing files, has a bad config, or has mismatched weights."""
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import struct
 import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,64 @@ def shared_bundle(tmp_path_factory) -> Path:
     if not (path / "manifest.json").is_file():
         export_tiny(tiny_model(), path)
     return path
+
+
+def every_precision_model():
+    """The tiny random model of :func:`every_precision_bundle` (for the torch backend)."""
+    import torch
+
+    from fusionrt.model import FusionConfig, FusionModel
+
+    torch.manual_seed(3)
+    return FusionModel(FusionConfig(**TINY)).eval()
+
+
+def every_precision_bundle(tmp_path_factory) -> Path:
+    """A tiny random model's bundle with every fusion graph the pipeline writes (fp32, fp16 with boundary
+    Casts, int8 Q/DQ, int8-cpu U8S8) and their measured safe ranges; once per session, read-only."""
+    path = tmp_path_factory.getbasetemp() / "every-precision" / "bundle"
+    if (path / "manifest.json").is_file():
+        return path
+    from fusionrt.bundle.transaction import update_manifest
+    from fusionrt.calibration.fp16 import convert_mixed_precision
+    from fusionrt.calibration.qdq import CPU, TENSORRT, write_qdq
+    from fusionrt.calibration.ranges import collect_ranges
+    from fusionrt.calibration.safe_range import SECTION, safe_ranges_with
+    from fusionrt.parity import fusion_feed
+    from fusionrt.runtime import Bundle
+
+    export_tiny(every_precision_model(), path)
+    graph = Bundle.open(path).graph("fusion")
+    feeds = [fusion_feed(graph, 4, 1 + i % 16, 1 + i % 8, np.random.default_rng(i)) for i in range(8)]
+    ranges = collect_ranges(path / "fusion.onnx", feeds)
+    for recipe in (TENSORRT, CPU):
+        write_qdq(path / "fusion.onnx", path / f"fusion.{recipe.precision}.onnx", ranges, recipe)
+    convert_mixed_precision(path / "fusion.onnx", path / "fusion.fp16.onnx")
+    files = {p: f"fusion.{p}.onnx" for p in ("fp16", "int8", "int8-cpu")}
+    bundle = update_manifest(path, files=list(files.values()), precisions={"fusion": files})
+    safe = safe_ranges_with(bundle, {p: path / f for p, f in files.items()})
+    update_manifest(path, sections={SECTION: safe})
+    return path
+
+
+def _png(width: int, height: int, pixels: bytes) -> bytes:
+    """A 1-bit grayscale PNG of ``pixels`` (zlib-compressed scanlines, each with its filter byte)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height and holds almost no data: what a decompression bomb's header says."""
+    return _png(width, height, zlib.compress(b"\0" * 64))
+
+
+def png_bomb(side: int) -> bytes:
+    """A real 1-bit PNG of side x side black pixels: ~17 KB at 12000, 1.6 GB decoded by the old code."""
+    row = b"\0" + b"\0" * ((side + 7) // 8)
+    return _png(side, side, zlib.compress(row * side, 9))
 
 
 def feed(batch: int = 2, text: int = 5, visual: int = 3, seed: int = 0) -> dict[str, np.ndarray]:

@@ -136,7 +136,8 @@ def test_without_pytriton_serve_says_how_to_get_it(tmp_path):
     with pytest.raises(ServeError) as caught:
         find_triton()
     assert "fusionrt[serve]" in str(caught.value) and "NGC" in str(caught.value)
-    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "fusion").mkdir(parents=True)  # a repository with a model: only pytriton is missing
+    (tmp_path / "repo" / "fusion" / "config.pbtxt").write_text('name: "fusion"\n')
     done = run_fusionrt("serve", str(tmp_path / "repo"))
     assert done.returncode == 2 and "fusionrt[serve]" in done.stderr
 

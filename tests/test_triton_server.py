@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from hardening_support import png_bomb
 from PIL import Image
 from triton_support import ROOT, serving_python, shipped_bundle
 from tritonclient.utils import InferenceServerException
@@ -173,6 +174,8 @@ BAD_FUSION = {
     "token id out of range": ({**_good_feed(), "input_ids": np.full((1, 5), 10_000, np.int64)}, "input_ids"),
     "too many regions": ({**_good_feed(), "visual_feats": np.zeros((1, 17, 69), np.float32),
                           "visual_mask": np.ones((1, 17), bool)}, "visual_feats"),
+    # Finite, but past what the graph carries: an error, never HTTP 200 with NaN logits.
+    "non-finite outputs": ({**_good_feed(), "visual_feats": np.full((1, 2, 69), 3e38, np.float32)}, "non-finite"),
 }
 
 
@@ -198,11 +201,14 @@ def test_bad_fusion_requests_get_clear_errors_and_the_server_keeps_serving(serve
     ("blank", "How many objects are there?", "no object detected"),
     ("scene", "How many zebras are there?", "unknown word(s) ['zebras']"),
     ("small", "How many objects are there?", "images are not resized"),
+    ("bomb", "How many objects are there?", "12000x12000"),
+    ("scene", "?", "naming something in the scene"),
 ])
 @pytest.mark.parametrize("protocol", sorted(CLIENTS))
 def test_bad_answer_requests_get_our_error_message(served, protocol, image, question, expected):
     scene = render(generate_scene(5))
-    images = {"blank": png(np.full((128, 128, 3), 235, np.uint8)), "scene": png(scene), "small": png(scene[:64])}
+    images = {"blank": png(np.full((128, 128, 3), 235, np.uint8)), "scene": png(scene), "small": png(scene[:64]),
+              "bomb": png_bomb(12000)}
     with pytest.raises(InferenceServerException) as caught:
         ask(served, protocol, [images.get(image, image)], [question])
     assert_clean_client_error(caught.value, expected)

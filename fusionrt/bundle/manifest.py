@@ -17,6 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fusionrt.bundle.contract import (
+    MAX_MANIFEST_BYTES,
+    MAX_MANIFEST_DEPTH,
+    check_depth,
+    check_graphs_against_model,
+    safe_bounds,
+)
 from fusionrt.bundle.spec import GraphSpec
 from fusionrt.errors import BundleError
 
@@ -70,10 +77,17 @@ def read_manifest(path: Path) -> dict[str, Any]:
                           f"a link to {os.readlink(manifest_path)}, outside it (refused, not read)")
     if not manifest_path.is_file():
         raise BundleError(MANIFEST, f"a file in {path} (written last by fusionrt export)", "nothing")
+    size = manifest_path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise BundleError(MANIFEST, f"at most {MAX_MANIFEST_BYTES} bytes", f"{size} bytes (not read)")
     try:
         manifest = json.loads(manifest_path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(MANIFEST, "JSON", f"unreadable content ({exc})") from exc
+    except RecursionError:
+        raise BundleError(MANIFEST, f"objects and lists nested at most {MAX_MANIFEST_DEPTH} deep",
+                          "nesting too deep to parse") from None
+    check_depth(manifest)
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise BundleError(MANIFEST, f"format {BUNDLE_FORMAT!r}", repr(got))
@@ -138,6 +152,10 @@ class Bundle:
     def _open_once(cls, path: Path, verify: bool) -> Bundle:
         manifest = read_manifest(path)
         graphs = {name: GraphSpec.from_dict(name, entry) for name, entry in manifest["graphs"].items()}
+        check_graphs_against_model(manifest["model"], graphs)
+        for graph in graphs.values():
+            for precision in graph.precisions:
+                safe_bounds(manifest, graph, precision)
         for name, graph in graphs.items():
             for precision, filename in graph.precisions.items():
                 if filename not in manifest["files"]:

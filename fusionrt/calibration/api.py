@@ -32,6 +32,8 @@ from fusionrt.calibration.errors import BudgetExceededError, CalibrationError, Q
 from fusionrt.calibration.fp16 import convert_mixed_precision
 from fusionrt.calibration.qdq import CPU, TENSORRT, Recipe, write_qdq
 from fusionrt.calibration.ranges import DEFAULT_METHOD, DEFAULT_PERCENTILE, Ranges, collect_ranges
+from fusionrt.calibration.safe_range import SECTION as SAFE_RANGES
+from fusionrt.calibration.safe_range import safe_ranges_with
 from fusionrt.calibration.samples import (
     DEFAULT_SAMPLES,
     MIN_SAMPLES,
@@ -107,15 +109,16 @@ def _stage(bundle: Bundle) -> Path:
 def _publish(tx: BundleTransaction, staged: dict[str, Path], precisions: Sequence[str],
              record: dict[str, Any]) -> Bundle:
     bundle = tx.bundle
-    for name, path in staged.items():
-        tx.adopt(path, name)
+    adopted = {name: tx.adopt(path, name) for name, path in staged.items()}
     graphs = {FUSION: {p: graph_filename(FUSION, p) for p in precisions}}
     if REGION_ENCODER in bundle.graphs:
         # The region encoder is not quantized: at every precision it runs its fp32 file.
         graphs[REGION_ENCODER] = dict.fromkeys(precisions, graph_filename(REGION_ENCODER))
     quantization = dict(bundle.manifest.get("quantization", {}))
     quantization.update({p: record for p in precisions})
-    return tx.commit(precisions=graphs, sections={"quantization": quantization})
+    # Measured on the staged graphs: the runtime refuses feeds past these bounds (see safe_range).
+    safe = safe_ranges_with(bundle, {p: adopted[graph_filename(FUSION, p)] for p in precisions})
+    return tx.commit(precisions=graphs, sections={"quantization": quantization, SAFE_RANGES: safe})
 
 
 def _evaluator(bundle: Bundle, evaluator: HeldoutEvaluator | None, heldout_scenes: int,

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from fusionrt import __version__
+from fusionrt.cli.arguments import OneLineParser
+from fusionrt.cli.output import check_output
 from fusionrt.errors import FusionrtError
 
 DESCRIPTION = "Train, export, quantize, run and check a vision-text fusion model (ONNX Runtime, TensorRT)."
@@ -30,7 +33,7 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fusionrt", description=DESCRIPTION, epilog=EPILOG,
+    parser = OneLineParser(prog="fusionrt", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"fusionrt {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -42,10 +45,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Exit status after Ctrl-C: 128 + SIGINT, as shells report it.
+EXIT_INTERRUPTED = 130
+# Options that name an output file, checked before a command starts its work.
+OUTPUT_FILE_OPTIONS = ("json", "junit")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("fusionrt: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    try:
+        for option in OUTPUT_FILE_OPTIONS:
+            check_output(f"--{option}", getattr(args, option, None))
         return int(args.handler(args) or 0)
     except FusionrtError as exc:
         print(f"fusionrt {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # A file that could not be written or read after the checks (disk full, permissions changed...).
+        where = exc.filename if exc.filename is not None else "file system"
+        print(f"fusionrt {args.command}: error: {where}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        # A second Ctrl-C during shutdown would end the process by SIGINT instead of status 130.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # Bundle updates are transactions: an interrupted one leaves the old bundle, so nothing to report.
+        print(f"fusionrt {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -9,6 +9,7 @@ from pathlib import Path
 from fusionrt.app import Answerer
 from fusionrt.bundle.manifest import Bundle, is_bundle
 from fusionrt.bundle.spec import PRECISIONS
+from fusionrt.cli import arguments
 from fusionrt.cli.output import add_json_option, write_json
 from fusionrt.runtime.session import BACKENDS
 
@@ -26,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="runtime backend for a bundle (default onnxruntime, which does not need torch)")
     parser.add_argument("--precision", default="fp32", metavar="{" + ",".join(PRECISIONS) + "}",
                         help="for a bundle: fp32 (default), or another precision the bundle lists")
-    parser.add_argument("--top", type=int, default=1, help="also print the next most probable answers")
+    parser.add_argument("--top", type=arguments.POSITIVE, default=1, help="also print the next most probable answers")
     add_json_option(parser, "the answer and the top probabilities")
     parser.set_defaults(handler=run)
 
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
             Bundle.open(args.bundle)  # raises BundleError saying what is missing
         answerer = Answerer(args.bundle, backend=args.backend or "onnxruntime", precision=args.precision)
     probs = answerer.probabilities(args.image, args.question)
-    ranked = sorted(probs.items(), key=lambda item: -item[1])[: max(1, args.top)]
+    ranked = sorted(probs.items(), key=lambda item: -item[1])[: args.top]
     if not write_json(args.json, {"answer": ranked[0][0], "probability": ranked[0][1], "top": dict(ranked)}):
         for answer, probability in ranked:
             print(f"{answer}\t{probability:.4f}")

@@ -8,6 +8,7 @@ import argparse
 from fusionrt.bench import DEFAULT_SHAPES, BenchConfig, format_table, parse_shape, run_bench
 from fusionrt.bench.soak import soak, soak_line
 from fusionrt.bench.tune import choose_path
+from fusionrt.cli import arguments
 from fusionrt.cli.output import add_json_option, write_json
 from fusionrt.cli.tune import table
 from fusionrt.io import json_safe
@@ -25,19 +26,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--shapes", nargs="+", default=None, metavar="B,T,M",
                         help="shapes to time (default 1,16,8 and 8,32,16)")
     parser.add_argument("--sweep", action="store_true", help="also grow T, M and B one at a time")
-    parser.add_argument("--runs", type=int, default=50, help="timed calls per engine and shape (default 50)")
-    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the backend's)")
-    parser.add_argument("--concurrency", type=int, default=0, metavar="N",
+    parser.add_argument("--runs", type=arguments.POSITIVE, default=50,
+                        help="timed calls per engine and shape (default 50)")
+    parser.add_argument("--threads", type=arguments.POSITIVE, default=None,
+                        help="intra-op threads (default: the backend's)")
+    parser.add_argument("--concurrency", type=arguments.NON_NEGATIVE, default=0, metavar="N",
                         help="also measure throughput with N caller threads on one Session")
     parser.add_argument("--no-app", action="store_true", help="skip the end-to-end app latency split")
     parser.add_argument("--auto", action="store_true",
                         help="also pick the fastest backend x precision within budget on this machine and record it "
                              "in the manifest for precision='auto' (what `fusionrt tune` does)")
-    parser.add_argument("--soak", type=int, default=0, metavar="CALLS",
+    parser.add_argument("--soak", type=arguments.NON_NEGATIVE, default=0, metavar="CALLS",
                         help="instead of latency: a memory soak of CALLS fusion calls at B=1 of varying shapes on the "
                              "first backend and precision; exit 1 if resident memory grows 5%% or more after warm-up")
-    parser.add_argument("--soak-warmup", type=int, default=1000, metavar="CALLS", help="soak warm-up calls")
-    parser.add_argument("--auto-heldout-scenes", type=int, default=None, metavar="N",
+    parser.add_argument("--soak-warmup", type=arguments.NON_NEGATIVE, default=1000, metavar="CALLS",
+                        help="soak warm-up calls")
+    parser.add_argument("--auto-heldout-scenes", type=arguments.POSITIVE, default=None, metavar="N",
                         help="with --auto: held-out scenes for each path's budget (default: fusionrt tune's)")
 
     add_json_option(parser, "the full report")

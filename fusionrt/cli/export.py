@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 
 from fusionrt.bundle import Bundle
+from fusionrt.cli import arguments
 from fusionrt.cli.model_args import add_dim_arguments, add_model_argument, dims_from
-from fusionrt.cli.output import add_json_option, write_json
+from fusionrt.cli.output import add_json_option, check_output, write_json
 from fusionrt.errors import InputError
 from fusionrt.export import export_checkpoint, export_onnx
 from fusionrt.export.match import MATCH_TASK, export_match_checkpoint
@@ -22,13 +23,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the shipped model)")
     add_model_argument(parser)
     parser.add_argument("--out", required=True, help="bundle directory to write (replaced if it is a bundle)")
-    parser.add_argument("--max-batch", type=int, default=None,
+    parser.add_argument("--max-batch", type=arguments.POSITIVE, default=None,
                         help="largest batch the graphs accept (default 64; 256 for a match checkpoint, whose "
                              "re-rank scores many images per query)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     parser.add_argument("--exporter", default="auto", choices=("auto", "legacy", "dynamo"),
                         help="torch.onnx exporter; auto tries the faster (legacy) first, then dynamo")
-    parser.add_argument("--atol", type=float, default=1e-4,
+    parser.add_argument("--atol", type=arguments.real(0), default=1e-4,
                         help="largest ONNX Runtime vs PyTorch abs error allowed on the grid (default 1e-4)")
 
     add_dim_arguments(parser)
@@ -45,6 +46,7 @@ def checkpoint_task(path: Path) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output("--out", args.out, directory=True)
     progress = progress_for(args.quiet)
     options = {"opset": args.opset, "exporter": args.exporter, "atol": args.atol, "progress": progress}
     if args.model is not None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 
 from fusionrt.bundle import Bundle
+from fusionrt.cli import arguments
 from fusionrt.cli.model_args import add_heldout_argument, add_model_argument
+from fusionrt.cli.output import STDOUT, add_json_option, write_json
 from fusionrt.errors import InputError
 from fusionrt.io import atomic_write_json, json_safe
 from fusionrt.parity import gates_for, run_parity
@@ -35,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--reference-precision", default="fp32", choices=PRECISIONS, help="default fp32")
     parser.add_argument("--candidate-precision", default="fp32", choices=PRECISIONS,
                         help="default fp32; picks the default gates")
-    parser.add_argument("--scenes", type=int, default=200, help="held-out scenes to compare on (0: grid only)")
+    parser.add_argument("--scenes", type=arguments.NON_NEGATIVE, default=200,
+                        help="held-out scenes to compare on (0: grid only)")
     parser.add_argument("--checkpoint", default=None,
                         help="where the source checkpoint is now, for the torch backend (default: as recorded)")
     parser.add_argument("--atol", nargs="+", default=None, metavar=PER_OUTPUT,
@@ -48,12 +51,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--min-agreement", type=float, default=None, help="argmax agreement on scenes")
     parser.add_argument("--max-drop-points", type=float, default=None,
                         help="largest task accuracy drop on scenes, in percentage points")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the grid's random feeds")
+    parser.add_argument("--seed", type=arguments.SEED, default=0, help="seed of the grid's random feeds")
     add_model_argument(parser, "the torch backend's module: a model reference (FILE.py:FACTORY) given again, e.g. "
                        "when its file changed since export (default: as recorded in the manifest)")
     add_heldout_argument(parser)
-    parser.add_argument("--json", default=None, metavar="OUT",
-                        help="also write the full report (every grid point) as JSON to OUT")
+    add_json_option(parser, "the full report (every grid point)")
     parser.set_defaults(handler=run)
 
 
@@ -80,6 +82,14 @@ def overrides_from(args: argparse.Namespace) -> dict[str, object]:
     return overrides
 
 
+def check_output_names(overrides: dict[str, object], outputs: set[str]) -> None:
+    """A per-output gate on a name no graph has would gate nothing and pass: refuse it."""
+    for gate, flag in (("max_abs", "--atol"), ("max_rel", "--rtol"), ("min_cosine", "--min-cosine")):
+        unknown = sorted(set(overrides.get(gate, {})) - outputs - {EVERY_OUTPUT})  # type: ignore[arg-type]
+        if unknown:
+            raise InputError(flag, f"output names of the bundle's graphs {sorted(outputs)}", f"{unknown}")
+
+
 def run(args: argparse.Namespace) -> int:
     def options(backend: str) -> dict[str, str]:
         if backend != "torch":
@@ -87,7 +97,9 @@ def run(args: argparse.Namespace) -> int:
         return {k: v for k, v in (("checkpoint", args.checkpoint), ("model", args.model)) if v}
 
     bundle = Bundle.open(args.bundle)
-    gates = gates_for(bundle, args.candidate_precision, overrides_from(args))
+    overrides = overrides_from(args)
+    check_output_names(overrides, {t.name for graph in bundle.graphs.values() for t in graph.outputs})
+    gates = gates_for(bundle, args.candidate_precision, overrides)
     # The held-out feeds are compared against fp32 PyTorch (the module the bundle came from), whatever --reference.
     heldout = FeedHeldout(bundle, args.heldout, torch_options=options("torch")) if args.heldout else None
     report = run_parity(
@@ -96,8 +108,11 @@ def run(args: argparse.Namespace) -> int:
         reference_options=options(args.reference), candidate_options=options(args.candidate), heldout=heldout,
         progress=progress_for(args.quiet),
     )
-    print(report.table())
-    if args.json:
-        atomic_write_json(args.json, json_safe(report.to_dict()))
-        print(f"wrote {args.json}")
+    if args.json == STDOUT:
+        write_json(STDOUT, json_safe(report.to_dict()))  # stdout holds the JSON alone
+    else:
+        print(report.table())
+        if args.json:
+            atomic_write_json(args.json, json_safe(report.to_dict()))
+            print(f"wrote {args.json}")
     return 0 if report.passed else EXIT_TOLERANCE_EXCEEDED

@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
+from fusionrt.cli import arguments
 from fusionrt.cli.model_args import DIMS, add_dim_arguments, add_model_argument
+from fusionrt.cli.output import check_output
 from fusionrt.pipeline import GateFailed, PipelineConfig, run_pipeline, write_junit
 from fusionrt.progress import progress_for
 
@@ -23,14 +26,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="bundle directory to create or update")
     parser.add_argument("--precisions", default="fp32,fp16,int8", help="comma-separated (default fp32,fp16,int8)")
     parser.add_argument("--calib-method", default="minmax", help="int8 calibration: minmax, percentile or entropy")
-    parser.add_argument("--calib-samples", type=int, default=256, help="calibration samples (default 256)")
+    parser.add_argument("--calib-samples", type=arguments.POSITIVE, default=256,
+                        help="calibration samples (default 256)")
     parser.add_argument("--backends", default="onnxruntime", help="comma-separated candidate backends")
-    parser.add_argument("--heldout-scenes", type=int, default=500,
+    parser.add_argument("--heldout-scenes", type=arguments.POSITIVE, default=500,
                         help="held-out scenes for the fp16/int8 accuracy budgets (default 500)")
-    parser.add_argument("--parity-scenes", type=int, default=100,
+    parser.add_argument("--parity-scenes", type=arguments.POSITIVE, default=100,
                         help="held-out scenes for parity and per-kind accuracy (default 100)")
-    parser.add_argument("--bench-runs", type=int, default=20, help="timed calls per engine and shape (default 20)")
-    parser.add_argument("--threads", type=int, default=None, help="intra-op threads for the benchmark")
+    parser.add_argument("--bench-runs", type=arguments.POSITIVE, default=20,
+                        help="timed calls per engine and shape (default 20)")
+    parser.add_argument("--threads", type=arguments.POSITIVE, default=None, help="intra-op threads for the benchmark")
     parser.add_argument("--skip-bench", action="store_true", help="no benchmark stage")
     parser.add_argument("--junit", default=None, metavar="FILE", help="write one JUnit test case per gate")
     parser.add_argument("--force", action="store_true", help="replace a bundle of another checkpoint at --out")
@@ -42,13 +47,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="with --model: held-out npz feeds (optional int 'labels' per row) for the budgets and "
                              "parity")
     add_dim_arguments(parser)
-    parser.add_argument("--max-batch", type=int, default=64, help="with --model: largest batch (default 64)")
+    parser.add_argument("--max-batch", type=arguments.POSITIVE, default=64,
+                        help="with --model: largest batch (default 64)")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    check_output("--out", args.out, directory=True)
 
     def log(text: str) -> None:
         if not args.quiet:

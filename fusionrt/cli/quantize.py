@@ -12,6 +12,7 @@ import sys
 
 from fusionrt.calibration import BudgetExceededError, quantize_fp16, quantize_int8
 from fusionrt.calibration.ranges import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS
+from fusionrt.cli import arguments
 from fusionrt.cli.model_args import add_heldout_argument, add_model_argument
 from fusionrt.cli.output import add_json_option, write_json
 from fusionrt.io import json_safe
@@ -36,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--keep-fp32-nodes", default=None, metavar="NAMES",
                         help="fp16: comma-separated node names kept in FP32 INSTEAD of the set measured on the "
                              "calibration set ('' keeps none); see the manifest's quantization.fp16.conversion")
-    parser.add_argument("--heldout-scenes", type=int, default=DEFAULT_HELDOUT_SCENES,
+    parser.add_argument("--heldout-scenes", type=arguments.POSITIVE, default=DEFAULT_HELDOUT_SCENES,
                         help=f"held-out scenes the budget is measured on (default {DEFAULT_HELDOUT_SCENES})")
     parser.add_argument("--no-sensitivity", action="store_true",
                         help="int8: fail instead of leaving sensitive MatMuls in float when the budget is missed")

@@ -6,6 +6,8 @@ import argparse
 
 import numpy as np
 
+from fusionrt.cli import arguments
+from fusionrt.cli.output import check_output
 from fusionrt.data.questions import questions_for
 from fusionrt.data.world import generate_scene, render
 from fusionrt.io import atomic_path
@@ -14,11 +16,12 @@ from fusionrt.io import atomic_path
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("render", help="render a scene and print questions about it")
     parser.add_argument("out", help="PNG file to write")
-    parser.add_argument("--seed", type=int, default=0, help="scene seed (default 0)")
+    parser.add_argument("--seed", type=arguments.SEED, default=0, help="scene seed (default 0)")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output("out", args.out)
     from PIL import Image
 
     scene = generate_scene(args.seed)

@@ -10,10 +10,17 @@ import argparse
 import json
 from dataclasses import fields
 
+from fusionrt.cli import arguments
+from fusionrt.cli.output import check_output
 from fusionrt.errors import InputError
 from fusionrt.train_config import MatchTrainConfig, TrainConfig
 
-_ARG_TYPES = {"int": int, "float": float, "str": str}
+_ARG_TYPES = {"int": arguments.POSITIVE, "float": arguments.real(0, above=True), "str": str}
+# Fields that may be 0 (no warmup, no relational questions, no time bound) or any seed.
+_FIELD_TYPES = {"seed": arguments.SEED, "warmup_steps": arguments.NON_NEGATIVE,
+                "left_of_per_scene": arguments.NON_NEGATIVE, "weight_decay": arguments.real(0),
+                "attribute_loss_weight": arguments.real(0), "grounding_loss_weight": arguments.real(0),
+                "time_budget_s": arguments.real(0)}
 _CONFIGS = {"vqa": TrainConfig, "match": MatchTrainConfig}
 
 
@@ -30,12 +37,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     types = {f.name: f.type for config in _CONFIGS.values() for f in fields(config)}
     for name, defaults in seen.items():
         # SUPPRESS: only what is given reaches the config, so each task keeps its own defaults.
-        parser.add_argument(f"--{name.replace('_', '-')}", type=_ARG_TYPES[types[name]], default=argparse.SUPPRESS,
-                            help="default " + ", ".join(defaults))
+        parser.add_argument(f"--{name.replace('_', '-')}", type=_FIELD_TYPES.get(name, _ARG_TYPES[types[name]]),
+                            default=argparse.SUPPRESS, help="default " + ", ".join(defaults))
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output("--out", args.out, directory=True)
     config_class = _CONFIGS[args.task]
     known = {f.name for f in fields(config_class)}
     given = {name for name in vars(args) if any(name in {f.name for f in fields(c)} for c in _CONFIGS.values())}

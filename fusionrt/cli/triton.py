@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from fusionrt.cli import arguments
+from fusionrt.cli.output import check_output
 from fusionrt.progress import progress_for
 from fusionrt.serve import RepositoryOptions, write_repository
 from fusionrt.serve.repository import BACKENDS, DEFAULT_QUEUE_DELAY_US
@@ -17,10 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="fusion model backend: python (runs here, on onnxruntime), onnxruntime or tensorrt "
                              "(for the NGC Triton container)")
     parser.add_argument("--precision", default="fp32", help="fusion graph precision as the bundle lists it")
-    parser.add_argument("--max-batch", type=int, default=None,
+    parser.add_argument("--max-batch", type=arguments.POSITIVE, default=None,
                         help="Triton max_batch_size (default: the bundle's batch limit)")
-    parser.add_argument("--instances", type=int, default=1, help="instances of each model (default 1)")
-    parser.add_argument("--queue-delay-us", type=int, default=DEFAULT_QUEUE_DELAY_US,
+    parser.add_argument("--instances", type=arguments.POSITIVE, default=1, help="instances of each model (default 1)")
+    parser.add_argument("--queue-delay-us", type=arguments.integer(-1), default=DEFAULT_QUEUE_DELAY_US,
                         help=f"dynamic batching queue delay (default {DEFAULT_QUEUE_DELAY_US}); "
                              "-1 turns dynamic batching off")
     parser.add_argument("--plan", default=None,
@@ -32,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output("--out", args.out, directory=True)
     options = RepositoryOptions(
         backend=args.backend, precision=args.precision, max_batch=args.max_batch, instances=args.instances,
         queue_delay_us=None if args.queue_delay_us < 0 else args.queue_delay_us, plan=args.plan,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from fusionrt.bench.tune import DEFAULT_BATCHES, DEFAULT_HELDOUT_SCENES, choose_path
+from fusionrt.cli import arguments
 from fusionrt.cli.output import add_json_option, write_json
 from fusionrt.progress import progress_for
 
@@ -22,10 +23,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("bundle", help="bundle directory (quantize it first to have more precisions to try)")
     parser.add_argument("--backends", default=None, help="comma-separated (default: every installed CPU backend)")
     parser.add_argument("--precisions", default=None, help="comma-separated (default: every precision of the bundle)")
-    parser.add_argument("--batches", default=",".join(map(str, DEFAULT_BATCHES)),
+    parser.add_argument("--batches", type=arguments.integer_list(), default=",".join(map(str, DEFAULT_BATCHES)),
                         help="batch sizes timed at T=16, M=8; the choice minimizes their geometric mean")
-    parser.add_argument("--threads", type=int, default=None, help="engine threads (default: the engines' own)")
-    parser.add_argument("--heldout-scenes", type=int, default=DEFAULT_HELDOUT_SCENES,
+    parser.add_argument("--threads", type=arguments.POSITIVE, default=None,
+                        help="engine threads (default: the engines' own)")
+    parser.add_argument("--heldout-scenes", type=arguments.POSITIVE, default=DEFAULT_HELDOUT_SCENES,
                         help=f"held-out scenes for each path's budget (default {DEFAULT_HELDOUT_SCENES})")
     parser.add_argument("--no-record", action="store_true", help="measure and print, leave the manifest as it is")
 
@@ -49,7 +51,7 @@ def table(section: dict) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    batches = [int(b) for b in _names(args.batches) or []]
+    batches = args.batches
     section = choose_path(args.bundle, backends=_names(args.backends), precisions=_names(args.precisions),
                           batches=batches, threads=args.threads, heldout_scenes=args.heldout_scenes,
                           record=not args.no_record, progress=progress_for(args.quiet))

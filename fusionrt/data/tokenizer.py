@@ -19,6 +19,10 @@ from fusionrt.errors import QuestionError
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
 PAD_ID = 0
+# Every question template names something in the scene: a color, a shape (or its plural), a size or
+# "object(s)". A question without any of them ("?", "How") has no content, yet the model answers it
+# confidently, so it is refused.
+CONTENT_WORDS = frozenset([*COLORS, *SHAPES, *(f"{s}s" for s in SHAPES), *SIZES, "object", "objects"])
 
 
 def question_corpus() -> list[str]:
@@ -94,6 +98,14 @@ class QuestionEncoder:
                 "question", "only words of the question templates (see README), each a whole token",
                 f"unknown word(s) {unknown} in {question!r}",
             )
+        words = [question[slice(*encoding.word_to_chars(w))] for w in sorted(set(encoding.word_ids) - {None})]
+        special = [w for w in words if w in SPECIAL_TOKENS]
+        if special:
+            raise QuestionError("question", "words of the question templates (special tokens are added by the "
+                                            "encoder, never typed)", f"special token(s) {special} in {question!r}")
+        if not CONTENT_WORDS & {w.lower() for w in words}:
+            raise QuestionError("question", "at least one word naming something in the scene (a color, shape, "
+                                            "size or 'objects')", f"none in {question!r}")
         if len(encoding.ids) > self.max_text_len:
             raise QuestionError(
                 "question", f"at most {self.max_text_len} tokens including [CLS] and [SEP]",

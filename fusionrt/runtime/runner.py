@@ -20,10 +20,23 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from fusionrt.bundle.contract import safe_bounds
 from fusionrt.bundle.manifest import Bundle
 from fusionrt.bundle.spec import GraphSpec
-from fusionrt.errors import BackendError, SessionClosedError
+from fusionrt.errors import BackendError, NonFiniteOutputError, SessionClosedError
 from fusionrt.runtime.validate import FeedValidator
+
+
+def _check_finite(runner: Runner, name: str, array: np.ndarray) -> None:
+    """Raise :class:`NonFiniteOutputError` if a float output holds NaN or Inf (a finite sum proves it has
+    none: one reduction on the common path)."""
+    if array.dtype.kind == "f" and not np.isfinite(np.add.reduce(array, axis=None, dtype=np.float64)) \
+            and not np.isfinite(array).all():
+        count = int((~np.isfinite(array)).sum())
+        raise NonFiniteOutputError(
+            f"{name} of graph {runner.graph.name!r} ({runner.backend}, {runner.precision})",
+            "finite outputs (the feed's values may be past what this precision can carry)",
+            f"{count} non-finite value(s) of {array.size}")
 
 
 class Runner(abc.ABC):
@@ -43,7 +56,7 @@ class Runner(abc.ABC):
             raise BackendError("precision", f"one of {list(self.precisions)} on the {self.backend} backend",
                                repr(precision))
         self.precision = precision
-        self._validate = FeedValidator(self.graph)
+        self._validate = FeedValidator(self.graph, safe_bounds(bundle.manifest, self.graph, precision))
         # _lifecycle serializes activate/deactivate (held while deactivate waits, so a concurrent
         # activate cannot slip in); _calls guards the active flag and the count of calls in flight.
         self._lifecycle = threading.Lock()
@@ -85,6 +98,8 @@ class Runner(abc.ABC):
         if missing:
             raise BackendError(f"{self.backend} outputs", f"{[t.name for t in self.graph.outputs]}",
                                f"a result without {missing}")
+        for name, array in outputs.items():
+            _check_finite(self, name, array)
         return outputs
 
     def deactivate(self) -> None:

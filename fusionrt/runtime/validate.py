@@ -33,8 +33,9 @@ class _Plan:
 class FeedValidator:
     """Callable ``feed -> feed`` for one graph; stateless, so safe to share across threads."""
 
-    def __init__(self, graph: GraphSpec) -> None:
+    def __init__(self, graph: GraphSpec, max_abs: Mapping[str, float] | None = None) -> None:
         self.graph = graph
+        self._max_abs = dict(max_abs or {})
         self._names = [t.name for t in graph.inputs]
         self._name_set = frozenset(self._names)
         self._plans = [
@@ -55,6 +56,12 @@ class FeedValidator:
         bound: dict[str, tuple[int, str]] = {}
         for plan in self._plans:
             self._check(plan, feed[plan.spec.name], bound)
+        for name, limit in self._max_abs.items():
+            array = feed[name]
+            if array.size and (array.max() > limit or array.min() < -limit):
+                raise InputError(name, f"|values| <= {limit:g} (the largest this graph's precision carries, "
+                                       "measured and recorded in manifest.json safe_ranges)",
+                                 f"values from {array.min():g} to {array.max():g}")
         out = dict(feed)
         if self._pad_symbols:
             empty = [s for s in self._pad_symbols if s in bound and bound[s][0] == 0]
@@ -76,6 +83,10 @@ class FeedValidator:
         spec = plan.spec
         if not isinstance(array, np.ndarray):
             raise InputError(spec.name, f"a numpy.ndarray, {spec.describe()}", type(array).__name__)
+        if isinstance(array, np.ma.MaskedArray):
+            # A backend reads the data under the mask (NaN included): masks are the graph's mask inputs.
+            raise InputError(spec.name, f"a plain numpy.ndarray, {spec.describe()} (mark padding with the "
+                                        "graph's mask inputs)", "a numpy.ma.MaskedArray")
         # numpy's builtin dtypes are singletons: the identity test spares a comparison call per input.
         if array.dtype is not plan.dtype and array.dtype != plan.dtype:
             raise InputError(spec.name, f"dtype {spec.dtype} ({spec.describe()})", f"dtype {array.dtype}")
@@ -101,7 +112,8 @@ class FeedValidator:
             bound[want] = (got, spec.name)
         # A finite sum proves every value finite (NaN and Inf propagate); only an overflowing sum of
         # large finite values needs the element-wise check.
-        if plan.is_float and not np.isfinite(np.add.reduce(array, axis=None)) and not np.isfinite(array).all():
+        if plan.is_float and not np.isfinite(np.add.reduce(array, axis=None, dtype=np.float64)) \
+                and not np.isfinite(array).all():
             bad = ~np.isfinite(array)
             first = tuple(int(i) for i in np.argwhere(bad)[0])
             raise InputError(spec.name, "finite values (no NaN or Inf)",

@@ -6,7 +6,6 @@ for many requests at once, so that the region encoder and the fusion model each 
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,26 +13,18 @@ import numpy as np
 
 from fusionrt.app import AnswerPipeline
 from fusionrt.data.detector import detect_regions
-from fusionrt.data.images import EXPECTED, load_image
+from fusionrt.data.images import EXPECTED, decode_image, load_image
 from fusionrt.data.tokenizer import PAD_ID, QuestionEncoder
 from fusionrt.errors import ImageError, NoObjectsError, QuestionError
 
 
 def image_from_bytes(data: bytes, name: str = "image") -> np.ndarray:
     """Decode an encoded image (PNG, or anything Pillow reads) into the checked HxWx3 uint8 array."""
-    from PIL import Image, UnidentifiedImageError
-
     if not isinstance(data, bytes | bytearray):
         raise ImageError(name, f"{EXPECTED} as encoded bytes (PNG)", type(data).__name__)
     if not data:
         raise ImageError(name, f"{EXPECTED} as encoded bytes (PNG)", "0 bytes")
-    try:
-        with Image.open(io.BytesIO(data)) as handle:
-            array = np.asarray(handle.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ImageError(name, f"{EXPECTED} encoded as PNG", f"{len(data)} bytes Pillow cannot read as an image "
-                         f"(starting {bytes(data[:8])!r})") from exc
-    return load_image(array)
+    return load_image(decode_image(bytes(data), name))
 
 
 def question_from_bytes(data: bytes, name: str = "question") -> str:

@@ -149,7 +149,14 @@ class _TritonPipeline:
                                       inputs=[pb.Tensor(name, value) for name, value in feed.items()])
         response = request.exec()
         if response.has_error():
-            raise RuntimeError(f"model {model!r}: {response.error().message()}")
+            error = response.error()
+            invalid = getattr(pb.TritonError, "INVALID_ARG", None)
+            if invalid is not None and hasattr(error, "code") and error.code() == invalid:
+                # The called model refused this request (e.g. non-finite outputs): the client's error, typed.
+                from fusionrt.errors import InputError
+
+                raise InputError(f"model {model!r}", "a request it accepts", error.message())
+            raise RuntimeError(f"model {model!r}: {error.message()}")
         return pb.get_output_tensor_by_name(response, output).as_numpy()
 
     def encode_regions(self, crops: np.ndarray, geometry: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ import collections
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -38,6 +39,15 @@ INSTALL_HINT = ("the nvidia-pytriton wheel in the serving environment (pip insta
 SHM_DIR = Path("/dev/shm")
 # Printed by `fusionrt serve` once the server is ready; tests and scripts parse this line.
 READY_FORMAT = "ready: http 127.0.0.1:{http} grpc 127.0.0.1:{grpc} pid {pid} shm-prefix {prefix}"
+# A line of the stack trace tritonserver prints when it aborts ("12# 0x... in ..."), and the stubs' note
+# that their server went away: both hide the cause, which comes just before them.
+STACK_FRAME = re.compile(r"^\s*\d+# |.*Non-graceful termination detected")
+# Each server's scratch directory (backend copy) and shm prefix carry the launcher's pid, so that a later
+# launcher can tell which ones a dead launcher (kill -9) left behind.
+WORKDIR_PREFIX = "fusionrt-triton-"
+# Startup lines the server prints on every CPU machine (shared/docs/triton.md): never an exit cause.
+HARMLESS = ("Failed to initialize NVML", "DCGM unable to start", "CudaDriverHelper has not been initialized",
+            "pinned memory pool will not be available", "Unable to allocate pinned system memory")
 
 
 class ServeError(DescribedError):
@@ -121,6 +131,44 @@ def shm_segments(prefix: str) -> list[Path]:
     return sorted(SHM_DIR.glob(f"{prefix}*")) if SHM_DIR.is_dir() else []
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _owner(name: str, prefix: str) -> int | None:
+    """The launcher pid in ``<prefix><pid>[-_]...``, or None for a name of another form."""
+    digits = name[len(prefix):].split("-")[0].split("_")[0]
+    return int(digits) if name.startswith(prefix) and digits.isdigit() else None
+
+
+def clean_stale(temp_dir: str | Path | None = None) -> list[Path]:
+    """Remove the scratch directories and /dev/shm segments of launchers that are dead (killed with -9,
+    which no exit handler sees); those of live launchers are left alone. Returns what was removed."""
+    removed = []
+    for path in Path(temp_dir or tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*"):
+        pid = _owner(path.name, WORKDIR_PREFIX)
+        if pid is not None and path.is_dir() and not _alive(pid):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    for segment in shm_segments("fusionrt"):
+        pid = _owner(segment.name, "fusionrt")
+        if pid is not None and not _alive(pid):
+            segment.unlink(missing_ok=True)
+            removed.append(segment)
+    return removed
+
+
+def has_models(repository: Path) -> bool:
+    """Whether ``repository`` holds at least one model directory with a config.pbtxt."""
+    return any((entry / "config.pbtxt").is_file() for entry in repository.iterdir() if entry.is_dir())
+
+
 class TritonServer:
     """``with TritonServer(repo) as server: ...`` starts ``tritonserver`` on loopback and stops it on exit.
 
@@ -134,6 +182,10 @@ class TritonServer:
         self.repository = Path(repository).resolve()
         if not self.repository.is_dir():
             raise ServeError("repository", "a Triton model repository directory", f"nothing at {self.repository}")
+        if not has_models(self.repository):
+            # tritonserver would report ready while serving nothing.
+            raise ServeError("repository", "model directories with config.pbtxt (fusionrt triton writes them)",
+                             f"none in {self.repository}")
         self.install = find_triton(python)
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()
@@ -150,7 +202,7 @@ class TritonServer:
 
     def _backend_dir(self) -> Path:
         """A backend directory with the Python backend and the stub matching the interpreter."""
-        self.workdir = Path(tempfile.mkdtemp(prefix="fusionrt-triton-"))
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-"))
         python_dir = self.workdir / "backends" / "python"
         python_dir.mkdir(parents=True)
         for source in (self.install.python_backend / "libtriton_python.so",
@@ -184,7 +236,10 @@ class TritonServer:
             return False
 
     def start(self, timeout: float = 180.0) -> TritonServer:
-        """Start the server and wait until every model is loaded; :class:`ServeError` with its log if it fails."""
+        """Start the server and wait until every model is loaded; :class:`ServeError` with its log if it fails.
+
+        What dead launchers left behind (scratch directories, shm segments) is removed first."""
+        clean_stale()
         backend_dir = self._backend_dir()
         # Own session: a terminal's Ctrl-C reaches us, not the server; stop() ends the whole group.
         self.process = subprocess.Popen(self.command(backend_dir), env=self.install.environment(),
@@ -209,6 +264,27 @@ class TritonServer:
         shown = errors or list(self.log_tail)[-15:]
         status = "exited" if self.process and self.process.poll() is not None else "timed out"
         return f"server {status}; its log says:\n  " + "\n  ".join(shown[-15:])
+
+    def exit_cause(self) -> str:
+        """How the server ended, for a human: the signal or status, then its last log lines that are not
+        the harmless startup messages (e.g. ``terminate called after throwing an instance of 'std::bad_alloc'``)."""
+        code = self.process.poll() if self.process else None
+        if code is None:
+            how = "is still running"
+        elif code < 0:
+            how = f"was killed by {signal.Signals(-code).name} (signal {-code})"
+        else:
+            how = f"exited with status {code}"
+        time.sleep(0.2)  # let the log pump drain the last lines
+        lines = [line for line in self.log_tail if line.strip() and not any(h in line for h in HARMLESS)
+                 and not STACK_FRAME.match(line)]
+        return f"tritonserver (pid {self.pid}) {how}; its last log lines:\n  " + "\n  ".join(lines[-8:])
+
+    def restart(self, timeout: float = 180.0) -> TritonServer:
+        """Stop what is left of the server (process group, shm, scratch) and start it again on the same ports."""
+        self.stop()
+        self.log_tail.clear()
+        return self.start(timeout)
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM, wait, SIGKILL the process group if needed, then remove this server's /dev/shm segments."""

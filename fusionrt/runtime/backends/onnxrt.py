@@ -98,11 +98,24 @@ class OnnxRuntimeRunner(Runner):
         found = {v.name: v.type for v in (*session.get_inputs(), *session.get_outputs())}
         if declared != found:
             raise BundleError(self._path.name, f"inputs and outputs {declared} as in manifest.json", str(found))
+        shapes = {v.name: v.shape for v in (*session.get_inputs(), *session.get_outputs())}
+        for tensor in (*self.graph.inputs, *self.graph.outputs):
+            graph_shape = shapes[tensor.name]
+            if len(graph_shape) != len(tensor.shape) or any(
+                    isinstance(want, int) and isinstance(got, int) and want != got
+                    for want, got in zip(tensor.shape, graph_shape, strict=False)):
+                raise BundleError(self._path.name, f"{tensor.name} of shape {tensor.shape_text()} as in manifest.json",
+                                  f"shape {graph_shape} in the graph")
         self.session = session
 
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # InferenceSession.run is thread-safe; no lock on the hot path.
-        return dict(zip(self._output_names, self.session.run(self._output_names, feed), strict=True))
+        try:
+            return dict(zip(self._output_names, self.session.run(self._output_names, feed), strict=True))
+        except Exception as exc:  # onnxruntime's InvalidArgument / Fail / RuntimeException share no public base
+            raise BackendError(f"onnxruntime run of {self._path.name}",
+                               "a feed the graph accepts (the manifest's ranges may not match the graph)",
+                               f"{type(exc).__name__}: {str(exc).strip()[:300]}") from exc
 
     def deactivate_impl(self) -> None:
         self.session = None

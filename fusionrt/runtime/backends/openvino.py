@@ -82,6 +82,22 @@ def runtime_precisions(compiled: Any) -> dict[str, dict[str, int]]:
     return {layer: dict(sorted(c.items())) for layer, c in sorted(counts.items())}
 
 
+def _ports_by_name(filename: str, declared: tuple, ports: Any) -> dict[str, int]:
+    """Index of the port carrying each declared tensor (by membership in the port's names), dtype checked."""
+    found: dict[str, int] = {}
+    for tensor in declared:
+        index = next((i for i, port in enumerate(ports) if tensor.name in port.get_names()), None)
+        if index is None or ports[index].get_element_type().get_type_name() != _OV_TYPES[tensor.dtype]:
+            seen = {sorted(p.get_names())[0]: p.get_element_type().get_type_name() for p in ports}
+            raise BundleError(filename, f"a port named {tensor.name!r} of type {_OV_TYPES[tensor.dtype]} "
+                                        "as in manifest.json", f"ports {seen}")
+        found[tensor.name] = index
+    if len(found) != len(ports):
+        raise BundleError(filename, f"exactly the ports {[t.name for t in declared]} as in manifest.json",
+                          f"{len(ports)} ports")
+    return found
+
+
 class OpenVinoRunner(Runner):
     """Options: ``hint`` (``"f32"`` default, or ``"bf16"``), ``threads`` (inference threads, default all).
 
@@ -104,12 +120,11 @@ class OpenVinoRunner(Runner):
 
     def activate_impl(self) -> None:
         compiled = compiled_from_onnx(self._path, hint=self.hint, threads=self.threads)
-        declared = {t.name: _OV_TYPES[t.dtype] for t in (*self.graph.inputs, *self.graph.outputs)}
-        found = {port.get_any_name(): port.get_element_type().get_type_name()
-                 for port in (*compiled.inputs, *compiled.outputs)}
-        if declared != found:
-            raise BundleError(self._path.name, f"inputs and outputs {declared} as in manifest.json", str(found))
-        self._output_names = [port.get_any_name() for port in compiled.outputs]
+        # A port has several names: a converted graph (fp16) puts a Cast behind an input, and OpenVINO's
+        # "any" name is then the cast's (graph_input_cast_2); the manifest's name is one of the port's names.
+        self._input_ports = _ports_by_name(self._path.name, self.graph.inputs, compiled.inputs)
+        self._output_ports = _ports_by_name(self._path.name, self.graph.outputs, compiled.outputs)
+        self._output_names = [t.name for t in self.graph.outputs]
         self._requests = queue.SimpleQueue()
         self.compiled = compiled
 
@@ -120,8 +135,14 @@ class OpenVinoRunner(Runner):
             request = self.compiled.create_infer_request()
         try:
             # share_outputs=False copies the results out, so the request can serve the next caller.
-            result = request.infer(feed, share_inputs=True, share_outputs=False)
-            return {name: result[i] for i, name in enumerate(self._output_names)}
+            try:
+                result = request.infer({self._input_ports[name]: array for name, array in feed.items()},
+                                       share_inputs=True, share_outputs=False)
+            except Exception as exc:  # openvino raises RuntimeError subclasses without a documented base
+                raise BackendError(f"openvino run of {self._path.name}",
+                                   "a feed the graph accepts (the manifest's ranges may not match the graph)",
+                                   f"{type(exc).__name__}: {str(exc).strip()[:300]}") from exc
+            return {name: result[self._output_ports[name]] for name in self._output_names}
         finally:
             self._requests.put(request)
 
