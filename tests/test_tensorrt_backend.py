@@ -274,3 +274,127 @@ def test_torch_path_refuses_host_tensors_and_wrong_dtypes(built, monkeypatch):
         monkeypatch.setattr(backend, "_on_device", lambda tensor: True)
         with pytest.raises(InputError, match=r"visual_feats: expected a contiguous CUDA tensor of torch\.float32"):
             session.runner.infer_torch({**tensors, "visual_feats": tensors["visual_feats"].double()}, stream=1)
+
+
+# ---- what a real GPU would hit (issue 17): asynchrony, devices, addresses, pinned memory, graphs ----
+
+def _torch_feed(session, batch, seed):
+    import torch
+
+    data = feed(session, batch, seed=seed)
+    return data, {n: torch.from_numpy(a.copy()) for n, a in data.items()}
+
+
+def test_infer_torch_slot_waits_for_the_gpu_before_its_next_user(built, reference, monkeypatch):
+    """Defect 1: the pool freed the slot while its enqueue was still queued on the caller's stream."""
+    _, cudart = install(monkeypatch, FakeCudart(deferred=True))
+    monkeypatch.setattr(backend, "_on_device", lambda tensor: True)
+    with Session(built, backend="tensorrt", max_contexts=1) as session:
+        first, second = (cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking)[1] for _ in range(2))
+        data_a, tensors_a = _torch_feed(session, 2, seed=1)
+        data_b, tensors_b = _torch_feed(session, 3, seed=2)
+        out_a = session.runner.infer_torch(tensors_a, stream=int(first))
+        assert cudart.pending() == 1  # queued, not run: the GPU is busy
+        out_b = session.runner.infer_torch(tensors_b, stream=int(second))  # same context, another stream
+        data_c = feed(session, 4, seed=3)
+        got_c = session.run(data_c)  # the numpy path on the slot's own stream waits too
+        cudart.cudaStreamSynchronize(second)
+        cudart.cudaStreamSynchronize(first)
+        assert_same({n: t.numpy() for n, t in out_a.items()}, reference.run(data_a))
+        assert_same({n: t.numpy() for n, t in out_b.items()}, reference.run(data_b))
+        assert_same(got_c, reference.run(data_c))
+
+
+def test_close_waits_for_queued_infer_torch_work(built, monkeypatch):
+    """Defect 1: close() destroyed contexts while infer_torch work was still queued on the GPU."""
+    _, cudart = install(monkeypatch, FakeCudart(deferred=True))
+    monkeypatch.setattr(backend, "_on_device", lambda tensor: True)
+    session = Session(built, backend="tensorrt")
+    stream = cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking)[1]
+    tensors = _torch_feed(session, 2, seed=1)[1]
+    outputs = session.runner.infer_torch(tensors, stream=int(stream))  # both kept alive: the queued work uses them
+    assert cudart.pending() == 1
+    session.close()
+    assert cudart.pending() == 0
+    assert set(outputs) == {"hidden", "logits"} and float(outputs["logits"].abs().sum()) > 0
+
+
+def test_infer_torch_is_a_call_in_flight_for_close(built, monkeypatch):
+    """Defect 1: deactivate() waited only for infer(); an infer_torch running on another thread was not counted,
+    and after close() infer_torch re-activated the runner behind the caller's back."""
+    from fusionrt.runtime import SessionClosedError
+
+    install(monkeypatch, delay=0.3)
+    monkeypatch.setattr(backend, "_on_device", lambda tensor: True)
+    session = Session(built, backend="tensorrt")
+    tensors = _torch_feed(session, 2, seed=1)[1]
+    finished = []
+    worker = threading.Thread(target=lambda: finished.append(session.runner.infer_torch(tensors, stream=0)))
+    worker.start()
+    while not session.runner.pool or not session.runner.pool.slots:  # the call holds a slot: it is running
+        threading.Event().wait(0.005)
+    session.close()
+    assert finished, "close() returned while an infer_torch call was still running"
+    worker.join()
+    with pytest.raises(SessionClosedError):
+        session.runner.infer_torch(tensors, stream=0)
+
+
+def test_default_stream_is_never_given_to_tensorrt_and_the_log_stays_bounded(built, reference, monkeypatch):
+    """Defect 1: stream=None meant torch's legacy default stream; TensorRT warns on every enqueue there and the
+    captured log grew without end."""
+    trt, _ = install(monkeypatch)
+    monkeypatch.setattr(backend, "_on_device", lambda tensor: True)
+    with Session(built, backend="tensorrt") as session:
+        data, tensors = _torch_feed(session, 2, seed=4)
+        out = session.runner.infer_torch(tensors, stream=0)
+        assert_same({n: t.numpy() for n, t in out.items()}, reference.run(data))
+        assert 0 not in trt._contexts[0]._streams
+        logger = session.runner._logger
+        for i in range(5000):
+            logger.log(trt.ILogger.WARNING, f"warning {i}")
+        assert len(logger.messages) <= 100 and list(logger.messages)[-1] == "warning 4999"
+
+
+def test_every_thread_sets_the_engine_device_before_touching_cuda(built, reference, monkeypatch):
+    """Defect 6: cudaSetDevice ran only on the activating thread; a caller thread made its context, stream and
+    buffers on device 0."""
+    _, cudart = install(monkeypatch, FakeCudart(devices=2))
+    with Session(built, backend="tensorrt", device=1) as session:
+        data = feed(session, 2, seed=6)
+        results = []
+        worker = threading.Thread(target=lambda: results.append(session.run(data)))
+        worker.start()
+        worker.join()
+        assert_same(results[0], reference.run(data))
+    assert cudart.devices_used and {device for _, device in cudart.devices_used} == {1}, cudart.devices_used
+
+
+def test_refused_tensor_address_raises_naming_the_tensor(built, monkeypatch):
+    """Defect 8: set_tensor_address's False was ignored and the enqueue ran on stale addresses."""
+    install(monkeypatch, refuse_addresses=True)
+    with Session(built, backend="tensorrt") as session, \
+            pytest.raises(BackendError, match=r"tensor input_ids: expected a device address TensorRT accepts"):
+        session.run(feed(session, 2))
+
+
+def test_host_side_of_every_copy_is_pinned_memory(built, reference, monkeypatch):
+    """Defect 8: copies went from pageable numpy memory; NVIDIA's samples stage through cudaMallocHost."""
+    _, cudart = install(monkeypatch)
+    with Session(built, backend="tensorrt") as session:
+        for batch in (2, 4, 2):
+            data = feed(session, batch, seed=batch)
+            assert_same(session.run(data), reference.run(data))
+    assert len(cudart.host_copies) == 3 * 6
+    assert all(pinned for _, pinned in cudart.host_copies)
+    assert cudart._pinned == {}  # freed at close
+
+
+def test_cuda_graphs_of_alternating_shapes_are_replayed_not_recaptured(built, reference, monkeypatch):
+    """Defect 8: a shape change dropped the one captured graph, so alternating shapes re-captured every call."""
+    _, cudart = install(monkeypatch)
+    with Session(built, backend="tensorrt", cuda_graphs=True) as session:
+        big, small = feed(session, 4, seed=1), feed(session, 2, seed=2)  # big first: buffers never move after
+        for data in (big, small, big, small, big, small):
+            assert_same(session.run(data), reference.run(data))
+        assert (cudart.captures, cudart.launches) == (2, 4)
