@@ -229,18 +229,39 @@ def test_cuda_graph_capture_failure_falls_back_to_plain_enqueue(built, reference
         assert trt._contexts[0]._runs == 3
 
 
-def test_lean_runtime_loads_only_version_compatible_engines(copy, reference, monkeypatch):
-    install(monkeypatch, listing="trt_lean_11.4.0.106.txt", module_name="tensorrt_lean")
-    with pytest.raises(BackendError, match=r"lean runtime .* loads only engines built --version-compatible"):
-        Session(copy, backend="tensorrt")
+def _build_compatible(bundle, version="11.4.0.106", exclude_lean_runtime=True):
     cudart = FakeCudart()
-    build_engines(copy, "fp32", graphs=["fusion"], options=BuildOptions(version_compatible=True),
-                  environment=BuildEnvironment(make_fake_tensorrt(cudart), cuda_device(0, cudart), fake_build_plan))
+    options = BuildOptions(version_compatible=True, exclude_lean_runtime=exclude_lean_runtime)
+    build_engines(bundle, "fp32", graphs=["fusion"], options=options,
+                  environment=BuildEnvironment(make_fake_tensorrt(cudart, version=version), cuda_device(0, cudart),
+                                               fake_build_plan))
+
+
+def test_lean_runtime_loads_engines_built_for_it_by_its_own_version(copy, reference, monkeypatch):
+    install(monkeypatch, listing="trt_lean_11.4.0.106.txt", module_name="tensorrt_lean")
+    with pytest.raises(BackendError, match=r"lean runtime .* loads only engines built --version-compatible "
+                                           r"--exclude-lean-runtime"):
+        Session(copy, backend="tensorrt")
+    _build_compatible(copy)
     trt, _ = install(monkeypatch, listing="trt_lean_11.4.0.106.txt", module_name="tensorrt_lean")
     with Session(copy, backend="tensorrt") as session:
         data = feed(session, 3)
         assert_same(session.run(data), reference.run(data))
-    assert trt._runtimes[0].engine_host_code_allowed is True
+    assert trt._runtimes[0].engine_host_code_allowed is False  # such a plan carries no host code to allow
+
+
+def test_lean_runtime_refuses_version_compatible_plans_without_exclude_or_of_another_version(copy, monkeypatch):
+    """Defect 5: NvInferRuntime.h (10.3, loadRuntime): the lean runtime runs plans built VERSION_COMPATIBLE and
+    EXCLUDE_LEAN_RUNTIME by the same TensorRT version; we accepted any version-compatible plan of an equal or
+    older version."""
+    _build_compatible(copy, version="11.3.0.1", exclude_lean_runtime=False)
+    trt, _ = install(monkeypatch, listing="trt_lean_11.4.0.106.txt", module_name="tensorrt_lean")
+    with pytest.raises(BackendError, match=r"--exclude-lean-runtime"):
+        Session(copy, backend="tensorrt")
+    _build_compatible(copy, version="11.3.0.1", exclude_lean_runtime=True)
+    with pytest.raises(BackendError, match=r"engine 11.3.0.1, this lean runtime 11.4.0.106"):
+        Session(copy, backend="tensorrt")
+    assert trt._runtimes == []
 
 
 def test_torch_tensors_go_in_and_out_without_a_host_copy(built, reference, monkeypatch):

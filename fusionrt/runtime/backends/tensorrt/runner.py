@@ -287,8 +287,8 @@ class TensorRTRunner(Runner):
         check(cudart, cudart.cudaSetDevice(device.index), "cudaSetDevice")
         logger = capturing_logger(trt)
         runtime = trt.Runtime(logger)
-        if entry.version_compatible:
-            runtime.engine_host_code_allowed = True  # a version-compatible plan carries its own host code
+        if entry.version_compatible and not entry.exclude_lean_runtime:
+            runtime.engine_host_code_allowed = True  # such a plan carries its own (lean runtime) host code
         engine = runtime.deserialize_cuda_engine(plan)
         if engine is None:
             raise BackendError(entry.file, f"a plan TensorRT {version_of(trt)} deserializes on {device.name}",
