@@ -129,7 +129,7 @@ def test_cli_build_without_tensorrt_or_gpu_says_which_in_one_line_exit_2_nothing
     assert main(["build", str(copy), "--precision", "int8", "-q"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert "missing TensorRT" in err and "fusionrt[gpu]" in err and "JetPack" in err
+    assert "missing TensorRT" in err and "https://pypi.nvidia.com tensorrt-cu12" in err and "JetPack" in err
     try:
         from cuda.bindings import runtime as cudart
 

@@ -32,7 +32,7 @@ def test_cuda_on_cpu_only_onnxruntime_is_refused_naming_the_provider(bundle):
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this onnxruntime has CUDA")
     with pytest.raises(BackendError, match=r"without CUDAExecutionProvider .*not in this onnxruntime's available "
-                                           r"providers .*onnxruntime-gpu"):
+                                           r"providers .*fusionrt\[gpu\]"):
         Session(bundle, providers=["cuda", "cpu"])
 
 

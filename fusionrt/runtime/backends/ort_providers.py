@@ -25,7 +25,7 @@ from fusionrt.errors import BackendError
 TENSORRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
 SHORT_NAMES = {"tensorrt": TENSORRT, "cuda": CUDA, "cpu": CPU}
 GPU_PROVIDERS = (TENSORRT, CUDA)
-INSTALL_GPU = "pip uninstall onnxruntime && pip install onnxruntime-gpu (or: pip install \"fusionrt[gpu]\")"
+INSTALL_GPU = "pip uninstall -y onnxruntime && pip install \"fusionrt[gpu]\" (\"fusionrt[gpu-cu13]\" for CUDA 13)"
 
 # OrtTensorRTProviderOptionsV2 (onnxruntime include/onnxruntime/core/providers/tensorrt/tensorrt_provider_options.h);
 # trt_bf16_enable is in the provider's option keys of recent releases (seen in onnxruntime's tensorrt_keys list and
