@@ -47,10 +47,9 @@ def test_without_a_gpu_every_gpu_step_is_skipped_by_name_and_the_json_is_written
 
 def test_a_hanging_and_a_failing_step_are_recorded_and_the_run_goes_on(tmp_path):
     _no_gpu_here()
-    started = time.perf_counter()
     done = _run(tmp_path / "out", "--steps", "probe,cuda_layer,torch_eager,tensorrt_build",
                 "--inject", "cuda_layer=timeout", "--inject", "torch_eager=error", "--step-limit-s", "4")
-    assert time.perf_counter() - started < 60
+    # the injected hang sleeps for hours: finishing within _run's timeout means the step was killed
     assert done.returncode == 1
     steps = json.loads((tmp_path / "out" / "gpu_check.json").read_text())["steps"]
     assert steps["probe"]["status"] == "ok"
