@@ -19,8 +19,23 @@ from fusionrt.runtime.backends.tensorrt.device import check
 DEFAULT_GRAPHS_KEPT = 8  # captured graphs kept per launcher: alternating shapes replay instead of recapturing
 
 
-class Stream:
+class _Handle:
+    """A cuda-python object destroyed by one call (``destroy_call``), at most once."""
+
+    destroy_call = ""
+    handle: Any
+    cudart: ModuleType
+
+    def destroy(self) -> None:
+        if self.handle is not None:
+            getattr(self.cudart, self.destroy_call)(self.handle)
+            self.handle = None
+
+
+class Stream(_Handle):
     """A non-blocking stream (never the legacy default stream, which would serialize every context)."""
+
+    destroy_call = "cudaStreamDestroy"
 
     def __init__(self, cudart: ModuleType) -> None:
         self.cudart = cudart
@@ -35,15 +50,12 @@ class Stream:
     def synchronize(self) -> None:
         check(self.cudart, self.cudart.cudaStreamSynchronize(self.handle), "cudaStreamSynchronize")
 
-    def destroy(self) -> None:
-        if self.handle is not None:
-            self.cudart.cudaStreamDestroy(self.handle)
-            self.handle = None
 
-
-class Event:
+class Event(_Handle):
     """A timing-free event: marks where a stream's queued work ends, so another stream (or the host) can wait
     for exactly that work instead of a whole device or stream synchronization."""
+
+    destroy_call = "cudaEventDestroy"
 
     def __init__(self, cudart: ModuleType) -> None:
         self.cudart = cudart
@@ -66,14 +78,12 @@ class Event:
         if self.recorded:
             check(self.cudart, self.cudart.cudaEventSynchronize(self.handle), "cudaEventSynchronize")
 
-    def destroy(self) -> None:
-        if self.handle is not None:
-            self.cudart.cudaEventDestroy(self.handle)
-            self.handle = None
 
+class _Allocation:
+    """Memory for one tensor from an allocate / free pair of cuda-python calls; :meth:`reserve` reallocates only
+    when more bytes are needed."""
 
-class DeviceBuffer:
-    """Device memory for one tensor; :meth:`reserve` reallocates only when more bytes are needed."""
+    allocate, release_call = "cudaMalloc", "cudaFree"
 
     def __init__(self, cudart: ModuleType) -> None:
         self.cudart = cudart
@@ -81,13 +91,23 @@ class DeviceBuffer:
         self.nbytes = 0
 
     def reserve(self, nbytes: int) -> bool:
-        """Make room for ``nbytes``; return whether the buffer moved (a captured CUDA graph is then stale)."""
+        """Make room for ``nbytes``; return whether the memory moved (a captured CUDA graph is then stale)."""
         if nbytes <= self.nbytes and self.ptr:
             return False
         self.free()
-        self.ptr = int(check(self.cudart, self.cudart.cudaMalloc(max(nbytes, 1)), f"cudaMalloc({nbytes})"))
+        allocate = getattr(self.cudart, self.allocate)
+        self.ptr = int(check(self.cudart, allocate(max(nbytes, 1)), f"{self.allocate}({nbytes})"))
         self.nbytes = max(nbytes, 1)
         return True
+
+    def free(self) -> None:
+        if self.ptr:
+            getattr(self.cudart, self.release_call)(self.ptr)
+            self.ptr, self.nbytes = 0, 0
+
+
+class DeviceBuffer(_Allocation):
+    """Device memory for one tensor (``cudaMalloc``)."""
 
     def upload(self, array: np.ndarray, stream: Stream) -> None:
         kind = self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
@@ -99,27 +119,12 @@ class DeviceBuffer:
         check(self.cudart, self.cudart.cudaMemcpyAsync(array.ctypes.data, self.ptr, array.nbytes, kind, stream.handle),
               "cudaMemcpyAsync device to host")
 
-    def free(self) -> None:
-        if self.ptr:
-            self.cudart.cudaFree(self.ptr)
-            self.ptr, self.nbytes = 0, 0
 
-
-class PinnedBuffer:
+class PinnedBuffer(_Allocation):
     """Page-locked host memory (``cudaMallocHost``) for one tensor: asynchronous copies from pageable memory
     are staged and serialized by the driver, from pinned memory they are real DMA (NVIDIA's samples pin)."""
 
-    def __init__(self, cudart: ModuleType) -> None:
-        self.cudart = cudart
-        self.ptr = 0
-        self.nbytes = 0
-
-    def reserve(self, nbytes: int) -> None:
-        if nbytes <= self.nbytes and self.ptr:
-            return
-        self.free()
-        self.ptr = int(check(self.cudart, self.cudart.cudaMallocHost(max(nbytes, 1)), f"cudaMallocHost({nbytes})"))
-        self.nbytes = max(nbytes, 1)
+    allocate, release_call = "cudaMallocHost", "cudaFreeHost"
 
     def view(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """A numpy array over the first bytes of this buffer (valid until the next :meth:`reserve`)."""
@@ -128,11 +133,6 @@ class PinnedBuffer:
         self.reserve(count * dtype.itemsize)
         raw = (ctypes.c_char * self.nbytes).from_address(self.ptr)
         return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
-
-    def free(self) -> None:
-        if self.ptr:
-            self.cudart.cudaFreeHost(self.ptr)
-            self.ptr, self.nbytes = 0, 0
 
 
 class GraphLauncher:
