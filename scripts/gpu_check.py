@@ -365,7 +365,7 @@ def why_skipped(name: str, report: dict[str, Any]) -> str | None:
     if name == "probe":
         return None
     if not probe:
-        return "the probe failed: nothing known about this machine"
+        return "no probe result (failed or not run): nothing known about this machine"
     if name == "cuda_layer" and probe.get("cuda_device") is None:
         return f"no CUDA device for cuda-python ({probe.get('cuda_device_error')})"
     if name.startswith("torch") and not probe.get("torch_cuda"):
