@@ -5,9 +5,9 @@
 Steps, each in its own child process (a crash, a hang or a missing package costs that step only; a step past
 its time is killed and recorded as failed, and the next one runs):
   probe             Python, packages, the CUDA device as cuda-python and torch see it, TensorRT or why not
-  cuda_layer        fusionrt.engine.cuda on the real driver: stream, device buffer round trip through pinned
-                    memory, an event ordering two streams, a CUDA graph capturing a memcpy and a PyTorch
-                    kernel (captures > 0, replayed on new data, results compared)
+  cuda_layer        our CUDA layer (runtime.backends.tensorrt.cuda) on the real driver: stream, device buffer
+                    round trip through pinned memory, an event ordering two streams, a CUDA graph
+                    capturing a memcpy and a PyTorch kernel (captures > 0, replayed on new data, compared)
   torch_eager       the PyTorch fusion model on CUDA, fp32 / fp16 / bf16 eager at the bench shapes
   torch_cuda_graph  the same, replayed from CUDA graphs (fp32, fp16)
   torch_compile     the same through torch.compile (fp32)
