@@ -129,7 +129,7 @@ def test_cli_build_without_tensorrt_or_gpu_says_which_in_one_line_exit_2_nothing
     assert main(["build", str(copy), "--precision", "int8", "-q"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert "missing TensorRT" in err and "fusionrt[gpu]" in err and "JetPack" in err
+    assert "missing TensorRT" in err and "https://pypi.nvidia.com tensorrt-cu12" in err and "JetPack" in err
     try:
         from cuda.bindings import runtime as cudart
 
@@ -247,3 +247,31 @@ def test_a_rebuild_under_the_same_plan_name_replaces_the_plan(copy):
     assert new_file == file and new_entry["plan_sha256"] != entry["plan_sha256"]
     assert after.file(new_file).read_bytes() != old_bytes
     assert sorted(p.name for p in (copy / "engines").glob("*.plan")) == [file.split("/")[1]]
+
+
+def test_workspace_is_capped_on_integrated_gpus_only_and_recorded(copy):
+    """Defect 8: the workspace cap was 1 GiB even on a 141 GB H200; TensorRT's default is the device's memory."""
+    graph = Bundle.open(copy).graph("fusion")
+    fake = fake_environment().trt
+    h200 = fake_environment(name="NVIDIA H200", memory_gib=141).device
+    orin = fake_environment(name="Orin", capability=(8, 7), integrated=True, memory_gib=32).device
+    assert (h200.integrated, orin.integrated) == (False, True)
+    uncapped = create_config(fake, graph, profiles_for(graph), BuildOptions(), None, h200)
+    assert not uncapped.memory_pool_limits  # no cap: TensorRT may use the device's memory
+    capped = create_config(fake, graph, profiles_for(graph), BuildOptions(), None, orin)
+    assert capped.memory_pool_limits == {fake.MemoryPoolType.WORKSPACE: 1024 << 20}
+    asked = create_config(fake, graph, profiles_for(graph), BuildOptions(workspace_mb=4096), None, h200)
+    assert asked.memory_pool_limits == {fake.MemoryPoolType.WORKSPACE: 4096 << 20}
+    (fusion,) = [b.entry for b in build_engines(copy, "fp32", graphs=["fusion"],
+                                                environment=fake_environment(integrated=True))]
+    assert fusion.builder_options["workspace_mb"] == 1024
+
+
+def test_exclude_lean_runtime_needs_version_compatible_and_reaches_polygraphy(bundle):
+    graph = Bundle.open(bundle).graph("fusion")
+    fake = fake_environment().trt
+    options = BuildOptions(version_compatible=True, exclude_lean_runtime=True)
+    config = create_config(fake, graph, profiles_for(graph), options, None)
+    assert config.version_compatible is True and config.exclude_lean_runtime is True
+    with pytest.raises(InputError, match="--exclude-lean-runtime"):
+        BuildOptions(exclude_lean_runtime=True)

@@ -159,3 +159,25 @@ def test_region_encoder_output_width():
     # Box geometry passes through, standardised by fixed constants.
     expected = (geometry - encoder.geometry_mean) / encoder.geometry_scale
     assert np.allclose(feats[:, -5:].detach().numpy(), expected.numpy())
+
+
+def test_forward_makes_every_new_tensor_on_the_inputs_device(model):
+    """A tensor made without ``device=`` lands on the CPU and is copied to the GPU on every call, which CUDA graph
+    capture refuses (seen on an H200: "Cannot copy between CPU and CUDA tensors during CUDA graph capture").
+    No GPU here, so the factory calls are watched instead."""
+    from torch.overrides import TorchFunctionMode
+
+    factories = {torch.zeros, torch.ones, torch.full, torch.empty, torch.arange, torch.tensor}
+    made_without_device = []
+
+    class Watch(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func in factories and kwargs.get("device") is None:
+                made_without_device.append(func.__name__)
+            return func(*args, **kwargs)
+
+    inputs = _inputs(TINY)
+    with Watch(), torch.inference_mode():
+        model(*inputs)
+    assert made_without_device == []

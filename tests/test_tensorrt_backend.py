@@ -229,18 +229,39 @@ def test_cuda_graph_capture_failure_falls_back_to_plain_enqueue(built, reference
         assert trt._contexts[0]._runs == 3
 
 
-def test_lean_runtime_loads_only_version_compatible_engines(copy, reference, monkeypatch):
-    install(monkeypatch, listing="trt_lean_11.4.0.106.txt", module_name="tensorrt_lean")
-    with pytest.raises(BackendError, match=r"lean runtime .* loads only engines built --version-compatible"):
-        Session(copy, backend="tensorrt")
+def _build_compatible(bundle, version="11.4.0.106", exclude_lean_runtime=True):
     cudart = FakeCudart()
-    build_engines(copy, "fp32", graphs=["fusion"], options=BuildOptions(version_compatible=True),
-                  environment=BuildEnvironment(make_fake_tensorrt(cudart), cuda_device(0, cudart), fake_build_plan))
+    options = BuildOptions(version_compatible=True, exclude_lean_runtime=exclude_lean_runtime)
+    build_engines(bundle, "fp32", graphs=["fusion"], options=options,
+                  environment=BuildEnvironment(make_fake_tensorrt(cudart, version=version), cuda_device(0, cudart),
+                                               fake_build_plan))
+
+
+def test_lean_runtime_loads_engines_built_for_it_by_its_own_version(copy, reference, monkeypatch):
+    install(monkeypatch, listing="trt_lean_11.4.0.106.txt", module_name="tensorrt_lean")
+    with pytest.raises(BackendError, match=r"lean runtime .* loads only engines built --version-compatible "
+                                           r"--exclude-lean-runtime"):
+        Session(copy, backend="tensorrt")
+    _build_compatible(copy)
     trt, _ = install(monkeypatch, listing="trt_lean_11.4.0.106.txt", module_name="tensorrt_lean")
     with Session(copy, backend="tensorrt") as session:
         data = feed(session, 3)
         assert_same(session.run(data), reference.run(data))
-    assert trt._runtimes[0].engine_host_code_allowed is True
+    assert trt._runtimes[0].engine_host_code_allowed is False  # such a plan carries no host code to allow
+
+
+def test_lean_runtime_refuses_version_compatible_plans_without_exclude_or_of_another_version(copy, monkeypatch):
+    """Defect 5: NvInferRuntime.h (10.3, loadRuntime): the lean runtime runs plans built VERSION_COMPATIBLE and
+    EXCLUDE_LEAN_RUNTIME by the same TensorRT version; we accepted any version-compatible plan of an equal or
+    older version."""
+    _build_compatible(copy, version="11.3.0.1", exclude_lean_runtime=False)
+    trt, _ = install(monkeypatch, listing="trt_lean_11.4.0.106.txt", module_name="tensorrt_lean")
+    with pytest.raises(BackendError, match=r"--exclude-lean-runtime"):
+        Session(copy, backend="tensorrt")
+    _build_compatible(copy, version="11.3.0.1", exclude_lean_runtime=True)
+    with pytest.raises(BackendError, match=r"engine 11.3.0.1, this lean runtime 11.4.0.106"):
+        Session(copy, backend="tensorrt")
+    assert trt._runtimes == []
 
 
 def test_torch_tensors_go_in_and_out_without_a_host_copy(built, reference, monkeypatch):
@@ -274,3 +295,127 @@ def test_torch_path_refuses_host_tensors_and_wrong_dtypes(built, monkeypatch):
         monkeypatch.setattr(backend, "_on_device", lambda tensor: True)
         with pytest.raises(InputError, match=r"visual_feats: expected a contiguous CUDA tensor of torch\.float32"):
             session.runner.infer_torch({**tensors, "visual_feats": tensors["visual_feats"].double()}, stream=1)
+
+
+# ---- what a real GPU would hit (issue 17): asynchrony, devices, addresses, pinned memory, graphs ----
+
+def _torch_feed(session, batch, seed):
+    import torch
+
+    data = feed(session, batch, seed=seed)
+    return data, {n: torch.from_numpy(a.copy()) for n, a in data.items()}
+
+
+def test_infer_torch_slot_waits_for_the_gpu_before_its_next_user(built, reference, monkeypatch):
+    """Defect 1: the pool freed the slot while its enqueue was still queued on the caller's stream."""
+    _, cudart = install(monkeypatch, FakeCudart(deferred=True))
+    monkeypatch.setattr(backend, "_on_device", lambda tensor: True)
+    with Session(built, backend="tensorrt", max_contexts=1) as session:
+        first, second = (cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking)[1] for _ in range(2))
+        data_a, tensors_a = _torch_feed(session, 2, seed=1)
+        data_b, tensors_b = _torch_feed(session, 3, seed=2)
+        out_a = session.runner.infer_torch(tensors_a, stream=int(first))
+        assert cudart.pending() == 1  # queued, not run: the GPU is busy
+        out_b = session.runner.infer_torch(tensors_b, stream=int(second))  # same context, another stream
+        data_c = feed(session, 4, seed=3)
+        got_c = session.run(data_c)  # the numpy path on the slot's own stream waits too
+        cudart.cudaStreamSynchronize(second)
+        cudart.cudaStreamSynchronize(first)
+        assert_same({n: t.numpy() for n, t in out_a.items()}, reference.run(data_a))
+        assert_same({n: t.numpy() for n, t in out_b.items()}, reference.run(data_b))
+        assert_same(got_c, reference.run(data_c))
+
+
+def test_close_waits_for_queued_infer_torch_work(built, monkeypatch):
+    """Defect 1: close() destroyed contexts while infer_torch work was still queued on the GPU."""
+    _, cudart = install(monkeypatch, FakeCudart(deferred=True))
+    monkeypatch.setattr(backend, "_on_device", lambda tensor: True)
+    session = Session(built, backend="tensorrt")
+    stream = cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking)[1]
+    tensors = _torch_feed(session, 2, seed=1)[1]
+    outputs = session.runner.infer_torch(tensors, stream=int(stream))  # both kept alive: the queued work uses them
+    assert cudart.pending() == 1
+    session.close()
+    assert cudart.pending() == 0
+    assert set(outputs) == {"hidden", "logits"} and float(outputs["logits"].abs().sum()) > 0
+
+
+def test_infer_torch_is_a_call_in_flight_for_close(built, monkeypatch):
+    """Defect 1: deactivate() waited only for infer(); an infer_torch running on another thread was not counted,
+    and after close() infer_torch re-activated the runner behind the caller's back."""
+    from fusionrt.runtime import SessionClosedError
+
+    install(monkeypatch, delay=0.3)
+    monkeypatch.setattr(backend, "_on_device", lambda tensor: True)
+    session = Session(built, backend="tensorrt")
+    tensors = _torch_feed(session, 2, seed=1)[1]
+    finished = []
+    worker = threading.Thread(target=lambda: finished.append(session.runner.infer_torch(tensors, stream=0)))
+    worker.start()
+    while not session.runner.pool or not session.runner.pool.slots:  # the call holds a slot: it is running
+        threading.Event().wait(0.005)
+    session.close()
+    assert finished, "close() returned while an infer_torch call was still running"
+    worker.join()
+    with pytest.raises(SessionClosedError):
+        session.runner.infer_torch(tensors, stream=0)
+
+
+def test_default_stream_is_never_given_to_tensorrt_and_the_log_stays_bounded(built, reference, monkeypatch):
+    """Defect 1: stream=None meant torch's legacy default stream; TensorRT warns on every enqueue there and the
+    captured log grew without end."""
+    trt, _ = install(monkeypatch)
+    monkeypatch.setattr(backend, "_on_device", lambda tensor: True)
+    with Session(built, backend="tensorrt") as session:
+        data, tensors = _torch_feed(session, 2, seed=4)
+        out = session.runner.infer_torch(tensors, stream=0)
+        assert_same({n: t.numpy() for n, t in out.items()}, reference.run(data))
+        assert 0 not in trt._contexts[0]._streams
+        logger = session.runner._logger
+        for i in range(5000):
+            logger.log(trt.ILogger.WARNING, f"warning {i}")
+        assert len(logger.messages) <= 100 and list(logger.messages)[-1] == "warning 4999"
+
+
+def test_every_thread_sets_the_engine_device_before_touching_cuda(built, reference, monkeypatch):
+    """Defect 6: cudaSetDevice ran only on the activating thread; a caller thread made its context, stream and
+    buffers on device 0."""
+    _, cudart = install(monkeypatch, FakeCudart(devices=2))
+    with Session(built, backend="tensorrt", device=1) as session:
+        data = feed(session, 2, seed=6)
+        results = []
+        worker = threading.Thread(target=lambda: results.append(session.run(data)))
+        worker.start()
+        worker.join()
+        assert_same(results[0], reference.run(data))
+    assert cudart.devices_used and {device for _, device in cudart.devices_used} == {1}, cudart.devices_used
+
+
+def test_refused_tensor_address_raises_naming_the_tensor(built, monkeypatch):
+    """Defect 8: set_tensor_address's False was ignored and the enqueue ran on stale addresses."""
+    install(monkeypatch, refuse_addresses=True)
+    with Session(built, backend="tensorrt") as session, \
+            pytest.raises(BackendError, match=r"tensor input_ids: expected a device address TensorRT accepts"):
+        session.run(feed(session, 2))
+
+
+def test_host_side_of_every_copy_is_pinned_memory(built, reference, monkeypatch):
+    """Defect 8: copies went from pageable numpy memory; NVIDIA's samples stage through cudaMallocHost."""
+    _, cudart = install(monkeypatch)
+    with Session(built, backend="tensorrt") as session:
+        for batch in (2, 4, 2):
+            data = feed(session, batch, seed=batch)
+            assert_same(session.run(data), reference.run(data))
+    assert len(cudart.host_copies) == 3 * 6
+    assert all(pinned for _, pinned in cudart.host_copies)
+    assert cudart._pinned == {}  # freed at close
+
+
+def test_cuda_graphs_of_alternating_shapes_are_replayed_not_recaptured(built, reference, monkeypatch):
+    """Defect 8: a shape change dropped the one captured graph, so alternating shapes re-captured every call."""
+    _, cudart = install(monkeypatch)
+    with Session(built, backend="tensorrt", cuda_graphs=True) as session:
+        big, small = feed(session, 4, seed=1), feed(session, 2, seed=2)  # big first: buffers never move after
+        for data in (big, small, big, small, big, small):
+            assert_same(session.run(data), reference.run(data))
+        assert (cudart.captures, cudart.launches) == (2, 4)

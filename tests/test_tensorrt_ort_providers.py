@@ -11,7 +11,7 @@ from fakes.bundles import export_tiny_bundle
 import fusionrt.runtime.backends.onnxrt as onnxrt
 from fusionrt.parity import fusion_feed
 from fusionrt.runtime import BackendError, Bundle, Session
-from fusionrt.runtime.backends.ort_providers import check_providers, tensorrt_options
+from fusionrt.runtime.backends.ort_providers import TENSORRT, check_providers, tensorrt_options, validate_options
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def test_cuda_on_cpu_only_onnxruntime_is_refused_naming_the_provider(bundle):
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this onnxruntime has CUDA")
     with pytest.raises(BackendError, match=r"without CUDAExecutionProvider .*not in this onnxruntime's available "
-                                           r"providers .*onnxruntime-gpu"):
+                                           r"providers .*fusionrt\[gpu\]"):
         Session(bundle, providers=["cuda", "cpu"])
 
 
@@ -89,3 +89,13 @@ def test_check_providers_accepts_what_was_asked_and_ignores_cpu():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_providers(["CPUExecutionProvider"], ["CPUExecutionProvider"], [], [], allow_fallback=True)
+
+
+def test_fp16_keeps_layer_norms_in_fp32_and_bf16_is_a_known_option(bundle):
+    """Defect 7: trt_fp16_enable on the provider's weakly typed network let TensorRT run in FP16 the LayerNorms our
+    fp16 graph keeps in FP32 (trt_layer_norm_fp32_fallback was not set), and trt_bf16_enable was refused."""
+    opened = Bundle.open(bundle)
+    graph = opened.graph("fusion")
+    assert tensorrt_options(opened, graph, "fp16")["trt_layer_norm_fp32_fallback"] is True
+    assert tensorrt_options(opened, graph, "fp32")["trt_layer_norm_fp32_fallback"] is False
+    validate_options(TENSORRT, {"trt_bf16_enable": True, "trt_layer_norm_fp32_fallback": True})

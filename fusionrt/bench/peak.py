@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fusionrt.bench.timing import median_ms
 from fusionrt.runtime.backends.onnxrt import import_onnxruntime
+from fusionrt.runtime.cpu import CpuInfo, this_cpu
 
 FMA_PIPES_PER_CORE = 2  # Zen 2-4, Skylake-SP and later: two 256/512-bit FMA pipes (assumption, not detectable)
 
@@ -38,50 +38,28 @@ class PaperPeak:
         return dict(self.__dict__)
 
 
-def _cpuinfo() -> tuple[set[str], float | None, str]:
-    path = Path("/proc/cpuinfo")
-    if not path.exists():
-        return set(), None, "unknown"
-    flags: set[str] = set()
-    mhz: list[float] = []
-    name = "unknown"
-    for line in path.read_text().splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "flags":
-            flags = set(value.split())
-        elif key == "cpu MHz":
-            mhz.append(float(value))
-        elif key == "model name":
-            name = value.strip()
-    max_freq = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
-    if max_freq.exists():
-        return flags, int(max_freq.read_text()) / 1e6, name
-    return flags, (max(mhz) / 1e3 if mhz else None), name
-
-
 def cpu_name() -> str:
-    return _cpuinfo()[2]
+    return this_cpu().name
 
 
-def paper_peak(cores: int | None = None) -> PaperPeak:
-    """cores x fp32 lanes x 2 (multiply + add) x FMA pipes x clock; INT8: x4 per lane with VNNI, else x2."""
-    flags, clock, name = _cpuinfo()
+def paper_peak(cores: int | None = None, cpu: CpuInfo | None = None) -> PaperPeak:
+    """cores x fp32 lanes x 2 (multiply + add) x FMA pipes x clock; INT8: x4 per lane with VNNI, else x2.
+    ``cpu``: what the CPU reports (default this one's)."""
+    cpu = cpu or this_cpu()
+    flags = cpu.flags
     cores = cores or len(os.sched_getaffinity(0))
     lanes = 16 if "avx512f" in flags else 8 if "avx" in flags else 4
     fma = "fma" in flags or "avx512f" in flags
-    vnni = bool({"avx512_vnni", "avx_vnni", "avx512vnni"} & flags)
-    clock = clock or 0.0
+    vnni = cpu.vnni
+    clock = cpu.clock_ghz or 0.0
     per_cycle = lanes * (2 if fma else 1) * FMA_PIPES_PER_CORE
     fp32 = cores * per_cycle * clock * 1e9
     # VNNI (vpdpbusd): 4 u8*s8 products summed into each 32-bit lane per instruction. Without it the
     # vpmaddubsw + vpmaddwd pair yields about 2 per lane per cycle.
     int8 = cores * lanes * (4 if vnni else 2) * 2 * FMA_PIPES_PER_CORE * clock * 1e9
-    clock_source = "cpuinfo_max_freq" if Path("/sys/devices/system/cpu/cpu0/cpufreq").exists() else \
-        "cpu MHz in /proc/cpuinfo"
     assumptions = [
-        f"CPU {name}; {cores} cores usable by this process",
-        f"clock {clock:.3f} GHz ({clock_source})",
+        f"CPU {cpu.name}; {cores} cores usable by this process",
+        f"clock {clock:.3f} GHz ({cpu.clock_source})",
         f"{lanes} fp32 lanes per vector ({'AVX-512' if lanes == 16 else 'AVX' if lanes == 8 else 'SSE'}), "
         f"FMA {'yes' if fma else 'no'}, {FMA_PIPES_PER_CORE} FMA pipes per core (assumed)",
         f"INT8 {'VNNI (4 products per 32-bit lane)' if vnni else 'no VNNI flag: 2 products per lane assumed'}",

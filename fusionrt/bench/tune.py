@@ -28,6 +28,7 @@ from fusionrt.parity.grid import fusion_feed
 from fusionrt.parity.heldout import HeldoutEvaluator
 from fusionrt.progress import SILENT, Progress
 from fusionrt.runtime.auto import SECTION, machine_fingerprint
+from fusionrt.runtime.cpu import CpuInfo, this_cpu
 from fusionrt.runtime.session import Session
 
 CPU_BACKENDS = {"onnxruntime": "onnxruntime", "openvino": "openvino"}  # backend -> the package it needs
@@ -97,8 +98,11 @@ def choose_path(bundle_dir: str | Path, *, backends: Sequence[str] | None = None
                 precisions: Sequence[str] | None = None, batches: Sequence[int] = DEFAULT_BATCHES,
                 threads: int | None = None, heldout_scenes: int = DEFAULT_HELDOUT_SCENES,
                 evaluator: HeldoutEvaluator | None = None, record: bool = True, blocks: int = 8,
-                progress: Progress = SILENT) -> dict[str, Any]:
+                progress: Progress = SILENT, cpu: CpuInfo | None = None) -> dict[str, Any]:
     """Measure every candidate, pick the fastest within budget, and (``record``) store it in the manifest.
+
+    ``cpu`` is what the CPU reports (default: this one's): a bf16 hint is tried only where it reports BF16, and
+    even then only timed where OpenVINO really ran BF16.
 
     Returns the ``auto`` section: the choice (``backend``, ``precision``, ``options``, ``ms``), ``machine``
     and every ``candidates`` entry with its held-out measurement, timings, and why it was dropped.
@@ -108,7 +112,11 @@ def choose_path(bundle_dir: str | Path, *, backends: Sequence[str] | None = None
     candidates = list_candidates(bundle, backends, precisions)
     evaluator = evaluator or HeldoutEvaluator(bundle, heldout_scenes, progress=progress)
     sessions: dict[str, Session] = {}
+    cpu = cpu or this_cpu()
     for cand in progress.iterate(candidates, "held-out accuracy", unit="path"):
+        if cand.options.get("hint") == "bf16" and not cpu.bf16:
+            cand.note = f"bf16 hint skipped: this CPU reports no AVX-512 BF16 or AMX BF16 ({cpu.describe()})"
+            continue
         if threads:
             cand.options["threads"] = threads  # recorded with the choice: it was timed with them
         session = Session(bundle, cand.backend, "fusion", cand.precision, **cand.options)
@@ -145,7 +153,7 @@ def choose_path(bundle_dir: str | Path, *, backends: Sequence[str] | None = None
     best = min((c for c in candidates if c.score_ms is not None), key=lambda c: c.score_ms)
     section = {"backend": best.backend, "precision": best.precision, "options": best.options, "ms": best.ms,
                "score_ms": best.score_ms, "batches": list(batches), "text_len": TEXT_LEN, "visual_len": VISUAL_LEN,
-               "threads": threads, "machine": machine_fingerprint(),
+               "threads": threads, "machine": machine_fingerprint(cpu),
                "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "seconds": round(time.perf_counter() - started, 1),
                "candidates": [asdict(c) for c in candidates]}

@@ -133,7 +133,7 @@ def build_engines(bundle_dir: str | Path, precision: str, *, graphs: Sequence[st
         for graph in progress.iterate(specs, f"build {precision}", unit="engine"):
             onnx_path = bundle.graph_path(graph.name, precision)
             profiles = profiles_for(graph, profile_specs)
-            config = create_config(env.trt, graph, profiles, options, cache)
+            config = create_config(env.trt, graph, profiles, options, cache, env.device)
             start = time.perf_counter()
             plan = env.build_plan(onnx_path, config, cache)
             seconds = time.perf_counter() - start
@@ -145,10 +145,12 @@ def build_engines(bundle_dir: str | Path, precision: str, *, graphs: Sequence[st
             entry = EngineEntry(
                 file=file, graph=graph.name, precision=precision, tensorrt=version, gpu=env.device.name,
                 compute_capability=env.device.compute_capability, version_compatible=options.version_compatible,
+                exclude_lean_runtime=options.exclude_lean_runtime,
                 profiles=[p.to_dict() for p in profiles], onnx_file=onnx_file,
                 onnx_sha256=bundle.manifest["files"][onnx_file]["sha256"],
                 plan_sha256=hashlib.sha256(plan).hexdigest(), build_seconds=round(seconds, 3),
-                builder_options={**options.to_dict(), "timing_cache": str(cache)},
+                builder_options={**options.to_dict(), "timing_cache": str(cache),
+                                 "workspace_mb": options.workspace_for(env.device)},
             )
             built.append(BuiltEngine(entry, len(plan), seconds))
             progress.note(f"{file}: {len(plan) / 2**20:.1f} MiB in {seconds:.1f} s")

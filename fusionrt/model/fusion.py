@@ -32,7 +32,11 @@ def attention_mask_terms(key_mask: torch.Tensor, fill: float,
     where it is masked) and the has-a-key factor [B,1,1,1] (1.0, or 0.0 for a row with no key at all).
     Computed once per forward and shared by every layer."""
     allowed = key_mask[:, None, None, :]
-    mask_bias = torch.where(allowed, torch.zeros((), dtype=dtype), torch.full((), fill, dtype=dtype))
+    # The two scalars live on the mask's device: CPU scalars would be copied to the GPU on every call, which
+    # CUDA graph capture refuses (found on an H200 by scripts/gpu_check.py).
+    device = key_mask.device
+    mask_bias = torch.where(allowed, torch.zeros((), dtype=dtype, device=device),
+                            torch.full((), fill, dtype=dtype, device=device))
     has_key = allowed.any(dim=-1, keepdim=True).to(dtype)
     return mask_bias, has_key
 

@@ -14,36 +14,17 @@ with AMX (BF16) is not the fastest on one with AVX2 only.
 from __future__ import annotations
 
 import os
-import platform
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
 from fusionrt.bundle.manifest import Bundle
 from fusionrt.errors import BundleError
+from fusionrt.runtime.cpu import CpuInfo, this_cpu
 
 AUTO = "auto"
 SECTION = "auto"
-# CPU features that decide which precision is fastest (BF16 and INT8 dot-product instructions).
-_CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
 _PACKAGES = ("onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt")
-
-
-def _cpu() -> tuple[str, list[str]]:
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    name = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-                if name and flags:
-                    break
-    except OSError:  # not Linux: the model name from platform is all there is
-        pass
-    return name, [f for f in _CPU_FLAGS if f in flags]
 
 
 def _version(package: str) -> str | None:
@@ -53,11 +34,11 @@ def _version(package: str) -> str | None:
         return None
 
 
-def machine_fingerprint() -> dict[str, Any]:
+def machine_fingerprint(cpu: CpuInfo | None = None) -> dict[str, Any]:
     """What the timing of a path depends on: CPU model and its BF16/INT8 features, cores, engine versions."""
-    name, flags = _cpu()
+    cpu = cpu or this_cpu()
     versions = {p: v for p in _PACKAGES if (v := _version(p)) is not None}
-    return {"cpu": name, "cpu_flags": flags, "cores": os.cpu_count(), "versions": versions}
+    return {"cpu": cpu.name, "cpu_flags": cpu.decisive_flags, "cores": os.cpu_count(), "versions": versions}
 
 
 def same_machine(recorded: dict[str, Any], current: dict[str, Any] | None = None) -> bool:

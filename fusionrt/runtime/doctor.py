@@ -19,6 +19,7 @@ from fusionrt.bundle.manifest import Bundle
 from fusionrt.errors import FusionrtError
 from fusionrt.runtime.backends.tensorrt.device import DeviceInfo, cuda_device
 from fusionrt.runtime.backends.tensorrt.entries import engine_entries, mismatches
+from fusionrt.runtime.gpu_setup import JETSON_RELEASE_FILE, driver_major, gpu_fixes
 from fusionrt.runtime.session import BACKENDS
 
 # import name -> distribution names to ask for a version (the first installed one wins).
@@ -103,6 +104,19 @@ def _cuda_device(packages: dict[str, dict[str, Any]]) -> dict[str, Any]:
         return {"found": False, "error": str(exc.received) if hasattr(exc, "received") else str(exc)}
 
 
+def _driver_cuda_version(packages: dict[str, dict[str, Any]]) -> int | None:
+    """``cudaDriverGetVersion`` (e.g. 13000), or None without cuda-python or a driver."""
+    if not packages["cuda.bindings"]["importable"]:
+        return None
+    try:
+        from cuda.bindings import runtime as cudart
+
+        err, version = cudart.cudaDriverGetVersion()
+        return int(version) if int(err) == 0 and version else None
+    except Exception:  # a broken install says so elsewhere; here it only means "unknown"
+        return None
+
+
 def tensorrt_engines(bundle_dir: str | Path, packages: dict[str, dict[str, Any]],
                      device: dict[str, Any]) -> list[dict[str, Any]]:
     """Each engine the bundle records, and whether it would load here (or why not)."""
@@ -150,6 +164,12 @@ def diagnose(check_torch: bool = True, bundle: str | Path | None = None) -> dict
 
         providers = list(onnxruntime.get_available_providers())
     trt = packages["tensorrt"]
+    gpu_version = _distribution_version(("onnxruntime-gpu",))
+    packages["onnxruntime_gpu"] = {"installed": gpu_version is not None, "version": gpu_version,
+                                   "importable": packages["onnxruntime"]["importable"] if gpu_version else False,
+                                   "error": None}
+    smi = _nvidia_smi()
+    major = driver_major(_driver_cuda_version(packages), (smi["gpus"] or [{}])[0].get("driver"))
     return {
         "fusionrt": fusionrt.__version__,
         "python": platform.python_version(),
@@ -157,10 +177,12 @@ def diagnose(check_torch: bool = True, bundle: str | Path | None = None) -> dict
         "packages": packages,
         "backends": backends,
         "onnxruntime_providers": providers,
-        "gpus": {"nvidia_smi": _nvidia_smi(), "torch_cuda": _torch_cuda(packages)},
+        "gpus": {"nvidia_smi": smi, "torch_cuda": _torch_cuda(packages)},
         "tensorrt": trt["version"] if trt["importable"] else ("not installed" if not trt["installed"] else
                                                                f"installed but not importable: {trt['error']}"),
         "cuda_device": device,
+        "cuda_driver_major": major,
+        "gpu_fixes": gpu_fixes(packages, bool(device["found"]), major, JETSON_RELEASE_FILE.exists()),
         **({"engines": tensorrt_engines(bundle, packages, device)} if bundle is not None else {}),
     }
 
@@ -194,6 +216,10 @@ def render(report: dict[str, Any]) -> str:
     device = report["cuda_device"]
     lines.append(f"CUDA device (cuda-python): {device['name']}, compute capability {device['compute_capability']}"
                  if device["found"] else f"CUDA device (cuda-python): none ({device['error']})")
+    fixes = report.get("gpu_fixes") or []
+    lines.append("GPU setup: complete" if not fixes else "GPU setup, missing (each with the command that fixes it):")
+    for fix in fixes:
+        lines.append(f"  {fix['missing']}: " + (fix["command"] or f"no command ({fix.get('note', '')})"))
     if "engines" in report:
         lines.append("engines of the bundle:" if report["engines"] else "engines of the bundle: none (fusionrt build)")
         for row in report["engines"]:

@@ -14,8 +14,9 @@ ever sees a half-released engine.
 from __future__ import annotations
 
 import abc
+import contextlib
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -76,11 +77,10 @@ class Runner(abc.ABC):
                 with self._calls:
                     self._active = True
 
-    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Validate ``feed`` against the manifest, run, and return every output by name.
-
-        Raises :class:`SessionClosedError` if the runner is not active (never activated, or deactivated).
-        """
+    @contextlib.contextmanager
+    def in_call(self) -> Iterator[None]:
+        """Count a call as in flight for its whole block (``deactivate`` waits for it); refuse an inactive runner
+        with :class:`SessionClosedError`. Backends wrap their extra entry points (``infer_torch``) in it too."""
         with self._calls:
             if not self._active:
                 raise SessionClosedError(f"{self.backend} runner of graph {self.graph.name!r}",
@@ -88,12 +88,20 @@ class Runner(abc.ABC):
                                          "a call after close()/deactivate() (or before activate())")
             self._in_flight += 1
         try:
-            outputs = self.infer_impl(self._validate(feed))
+            yield
         finally:
             with self._calls:
                 self._in_flight -= 1
                 if not self._in_flight:
                     self._calls.notify_all()
+
+    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Validate ``feed`` against the manifest, run, and return every output by name.
+
+        Raises :class:`SessionClosedError` if the runner is not active (never activated, or deactivated).
+        """
+        with self.in_call():
+            outputs = self.infer_impl(self._validate(feed))
         missing = [t.name for t in self.graph.outputs if t.name not in outputs]
         if missing:
             raise BackendError(f"{self.backend} outputs", f"{[t.name for t in self.graph.outputs]}",

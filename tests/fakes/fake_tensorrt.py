@@ -71,7 +71,9 @@ class _RuntimeBehaviour:
             self._logger.log(fake.ILogger.ERROR, "IRuntime::deserializeCudaEngine: Error Code 1: Serialization "
                              "(Serialization assertion magicTagRead == kMAGIC_TAG failed.Magic tag does not match)")
             return None
-        return fake.ICudaEngine._make(json.loads(bytes(data)[len(PLAN_MAGIC):]))
+        engine = fake.ICudaEngine._make(json.loads(bytes(data)[len(PLAN_MAGIC):]))
+        engine._logger = self._logger
+        return engine
 
 
 class _EngineBehaviour:
@@ -82,6 +84,7 @@ class _EngineBehaviour:
         engine._tensors = spec["tensors"]
         engine._running: set[int] = set()  # profiles of contexts executing now
         engine._running_lock = threading.Lock()
+        engine._logger = None
         return engine
 
     @property
@@ -111,6 +114,7 @@ class _EngineBehaviour:
         fake = _module_of(self)
         context = fake.IExecutionContext.__new__(fake.IExecutionContext)
         context._init(self)
+        fake._cudart._used("context")
         fake._contexts.append(context)
         return context
 
@@ -120,6 +124,8 @@ class _ContextBehaviour:
         self._engine, self._profile, self._shapes, self._addresses = engine, 0, {}, {}
         self._busy = threading.Lock()
         self._runs = 0
+        self._last: Any = None  # the last deferred enqueue (its ``done`` says whether the GPU ran it)
+        self._streams: list[int] = []  # every stream enqueued on
 
     @property
     def active_optimization_profile(self) -> int:
@@ -155,21 +161,31 @@ class _ContextBehaviour:
         return tuple(sizes.get(d, -1) if isinstance(d, str) else d for d in self._engine._tensor(name)["shape"])
 
     def set_tensor_address(self, name: str, ptr: int) -> bool:
+        if _module_of(self)._refuse_addresses:
+            return False  # as the real one does for a null or misaligned address
         self._addresses[name] = int(ptr)
         return True
 
     def execute_async_v3(self, stream_handle: int) -> bool:
         fake = _module_of(self)
-        stream = fake._cudart.stream(stream_handle)
-        if stream.capturing is not None:
-            if fake._capture_fails:
-                stream.invalidated = True
-                return False
-            # bind the current shapes and addresses, as a captured graph does
-            shapes, addresses = dict(self._shapes), dict(self._addresses)
-            stream.capturing.append(lambda: self._run(shapes, addresses))
-            return True
-        return self._run(dict(self._shapes), dict(self._addresses))
+        cudart = fake._cudart
+        stream = cudart.stream(stream_handle)
+        if self._last is not None and not self._last.done:
+            raise AssertionError("fake TensorRT: context enqueued again while its previous enqueue is still in "
+                                 "flight (nothing waited for it: its addresses and shapes may change under it)")
+        self._streams.append(int(stream_handle))
+        if int(stream_handle) == 0 and self._engine._logger is not None:
+            self._engine._logger.log(fake.ILogger.WARNING, "Using default stream in enqueueV3() may lead to "
+                                     "performance issues due to additional calls to cudaStreamSynchronize()")
+        if stream.capturing is not None and fake._capture_fails:
+            stream.invalidated = True
+            return False
+        # bind the current shapes and addresses, as a captured graph (or the GPU's queue) does
+        shapes, addresses = dict(self._shapes), dict(self._addresses)
+        cudart.launch(stream_handle, lambda: self._run(shapes, addresses))
+        if cudart.deferred and stream.capturing is None:
+            self._last = stream.pending[-1]
+        return True
 
     def _run(self, shapes: dict[str, tuple[int, ...]], addresses: dict[str, int]) -> bool:
         if not self._busy.acquire(blocking=False):
@@ -236,9 +252,11 @@ def _fake_class(module_id: int, name: str, listed: list[str], behaviour: type | 
 
 
 def make_fake_tensorrt(cudart: Any, listing: str = FULL_11, version: str = "11.4.0.106", module_name: str = "tensorrt",
-                       compute: Any = None, capture_fails: bool = False, delay: float = 0.0) -> types.ModuleType:
+                       compute: Any = None, capture_fails: bool = False, delay: float = 0.0,
+                       refuse_addresses: bool = False) -> types.ModuleType:
     """The fake module. ``compute(spec, feed) -> outputs`` is the engine's math (default: onnxruntime on
-    the plan's ``onnx`` path); ``capture_fails`` makes every enqueue under CUDA graph capture fail."""
+    the plan's ``onnx`` path); ``capture_fails`` makes every enqueue under CUDA graph capture fail;
+    ``refuse_addresses`` makes ``set_tensor_address`` return False."""
     kinds, members = read_listing(listing)
     module = types.ModuleType(module_name, f"fake tensorrt generated from {listing}")
     module_id = id(module)
@@ -257,6 +275,7 @@ def make_fake_tensorrt(cudart: Any, listing: str = FULL_11, version: str = "11.4
             for member in severity:
                 setattr(cls, member.name, member)
     module._cudart, module._capture_fails, module._delay = cudart, capture_fails, delay
+    module._refuse_addresses = refuse_addresses
     module._compute = compute or onnxruntime_compute
     module._runtimes, module._contexts = [], []
     return module

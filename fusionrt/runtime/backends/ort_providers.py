@@ -25,9 +25,11 @@ from fusionrt.errors import BackendError
 TENSORRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
 SHORT_NAMES = {"tensorrt": TENSORRT, "cuda": CUDA, "cpu": CPU}
 GPU_PROVIDERS = (TENSORRT, CUDA)
-INSTALL_GPU = "pip uninstall onnxruntime && pip install onnxruntime-gpu (or: pip install \"fusionrt[gpu]\")"
+INSTALL_GPU = "pip uninstall -y onnxruntime && pip install \"fusionrt[gpu]\" (\"fusionrt[gpu-cu13]\" for CUDA 13)"
 
-# OrtTensorRTProviderOptionsV2 (onnxruntime include/onnxruntime/core/providers/tensorrt/tensorrt_provider_options.h)
+# OrtTensorRTProviderOptionsV2 (onnxruntime include/onnxruntime/core/providers/tensorrt/tensorrt_provider_options.h);
+# trt_bf16_enable is in the provider's option keys of recent releases (seen in onnxruntime's tensorrt_keys list and
+# used with onnxruntime-gpu 1.26+ by others; an older onnxruntime ignores it when it cannot load the provider).
 _TENSORRT_OPTION_NAMES = """
 device_id has_user_compute_stream user_compute_stream trt_max_partition_iterations trt_min_subgraph_size
 trt_max_workspace_size trt_fp16_enable trt_int8_enable trt_int8_calibration_table_name
@@ -38,7 +40,7 @@ trt_force_timing_cache trt_detailed_build_log trt_build_heuristics_enable trt_sp
 trt_builder_optimization_level trt_auxiliary_streams trt_tactic_sources trt_extra_plugin_lib_paths
 trt_profile_min_shapes trt_profile_max_shapes trt_profile_opt_shapes trt_cuda_graph_enable trt_dump_ep_context_model
 trt_ep_context_file_path trt_ep_context_embed_mode trt_weight_stripped_engine_enable trt_onnx_model_folder_path
-trt_engine_cache_prefix trt_engine_hw_compatible trt_op_types_to_exclude
+trt_engine_cache_prefix trt_engine_hw_compatible trt_op_types_to_exclude trt_bf16_enable
 """
 # CUDA execution provider options (onnxruntime docs, "CUDA Execution Provider", Configuration Options)
 _CUDA_OPTION_NAMES = """
@@ -90,6 +92,10 @@ def tensorrt_options(bundle: Bundle, graph: GraphSpec, precision: str) -> dict[s
         "trt_engine_cache_enable": True, "trt_engine_cache_path": cache,
         "trt_timing_cache_enable": True, "trt_timing_cache_path": cache,
         "trt_fp16_enable": precision == "fp16",
+        # The provider's network is weakly typed: with FP16 on, TensorRT may run in FP16 the LayerNorms our fp16
+        # graph keeps in FP32 (they overflow after attention). This keeps them in FP32; nothing comparable exists
+        # for Softmax, which is why `fusionrt build` (strongly typed) is the fp16 path we recommend.
+        "trt_layer_norm_fp32_fallback": precision == "fp16",
         # The provider builds weakly typed networks: a Q/DQ graph needs the INT8 flag (TensorRT refuses INT8
         # layers otherwise) and no calibration table (its scales are in the graph; onnxruntime PR 8969).
         "trt_int8_enable": precision == "int8",

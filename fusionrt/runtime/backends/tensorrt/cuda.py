@@ -1,4 +1,4 @@
-"""Streams, device buffers and CUDA graphs over cuda-python (``cuda.bindings.runtime``).
+"""Streams, events, device and pinned host buffers and CUDA graphs over cuda-python (``cuda.bindings.runtime``).
 
 Thin on purpose: every call is a cuda-python call whose error code :func:`.device.check`
 turns into a typed error. Buffers grow only when a larger tensor arrives and are reused otherwise.
@@ -6,6 +6,8 @@ turns into a typed error. Buffers grow only when a larger tensor arrives and are
 
 from __future__ import annotations
 
+import ctypes
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from types import ModuleType
 from typing import Any
@@ -14,9 +16,26 @@ import numpy as np
 
 from fusionrt.runtime.backends.tensorrt.device import check
 
+DEFAULT_GRAPHS_KEPT = 8  # captured graphs kept per launcher: alternating shapes replay instead of recapturing
 
-class Stream:
+
+class _Handle:
+    """A cuda-python object destroyed by one call (``destroy_call``), at most once."""
+
+    destroy_call = ""
+    handle: Any
+    cudart: ModuleType
+
+    def destroy(self) -> None:
+        if self.handle is not None:
+            getattr(self.cudart, self.destroy_call)(self.handle)
+            self.handle = None
+
+
+class Stream(_Handle):
     """A non-blocking stream (never the legacy default stream, which would serialize every context)."""
+
+    destroy_call = "cudaStreamDestroy"
 
     def __init__(self, cudart: ModuleType) -> None:
         self.cudart = cudart
@@ -31,14 +50,40 @@ class Stream:
     def synchronize(self) -> None:
         check(self.cudart, self.cudart.cudaStreamSynchronize(self.handle), "cudaStreamSynchronize")
 
-    def destroy(self) -> None:
-        if self.handle is not None:
-            self.cudart.cudaStreamDestroy(self.handle)
-            self.handle = None
+
+class Event(_Handle):
+    """A timing-free event: marks where a stream's queued work ends, so another stream (or the host) can wait
+    for exactly that work instead of a whole device or stream synchronization."""
+
+    destroy_call = "cudaEventDestroy"
+
+    def __init__(self, cudart: ModuleType) -> None:
+        self.cudart = cudart
+        self.handle = check(cudart, cudart.cudaEventCreateWithFlags(cudart.cudaEventDisableTiming),
+                            "cudaEventCreateWithFlags")
+        self.recorded = False
+
+    def record(self, stream: int | Any) -> None:
+        """Mark the end of the work queued so far on ``stream`` (a handle or an integer pointer)."""
+        check(self.cudart, self.cudart.cudaEventRecord(self.handle, stream), "cudaEventRecord")
+        self.recorded = True
+
+    def make_wait(self, stream: int | Any) -> None:
+        """Make work queued on ``stream`` from now on start after the recorded work (no host wait)."""
+        if self.recorded:
+            check(self.cudart, self.cudart.cudaStreamWaitEvent(stream, self.handle, 0), "cudaStreamWaitEvent")
+
+    def synchronize(self) -> None:
+        """Block the host until the recorded work is done."""
+        if self.recorded:
+            check(self.cudart, self.cudart.cudaEventSynchronize(self.handle), "cudaEventSynchronize")
 
 
-class DeviceBuffer:
-    """Device memory for one tensor; :meth:`reserve` reallocates only when more bytes are needed."""
+class _Allocation:
+    """Memory for one tensor from an allocate / free pair of cuda-python calls; :meth:`reserve` reallocates only
+    when more bytes are needed."""
+
+    allocate, release_call = "cudaMalloc", "cudaFree"
 
     def __init__(self, cudart: ModuleType) -> None:
         self.cudart = cudart
@@ -46,13 +91,23 @@ class DeviceBuffer:
         self.nbytes = 0
 
     def reserve(self, nbytes: int) -> bool:
-        """Make room for ``nbytes``; return whether the buffer moved (a captured CUDA graph is then stale)."""
+        """Make room for ``nbytes``; return whether the memory moved (a captured CUDA graph is then stale)."""
         if nbytes <= self.nbytes and self.ptr:
             return False
         self.free()
-        self.ptr = int(check(self.cudart, self.cudart.cudaMalloc(max(nbytes, 1)), f"cudaMalloc({nbytes})"))
+        allocate = getattr(self.cudart, self.allocate)
+        self.ptr = int(check(self.cudart, allocate(max(nbytes, 1)), f"{self.allocate}({nbytes})"))
         self.nbytes = max(nbytes, 1)
         return True
+
+    def free(self) -> None:
+        if self.ptr:
+            getattr(self.cudart, self.release_call)(self.ptr)
+            self.ptr, self.nbytes = 0, 0
+
+
+class DeviceBuffer(_Allocation):
+    """Device memory for one tensor (``cudaMalloc``)."""
 
     def upload(self, array: np.ndarray, stream: Stream) -> None:
         kind = self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
@@ -64,10 +119,20 @@ class DeviceBuffer:
         check(self.cudart, self.cudart.cudaMemcpyAsync(array.ctypes.data, self.ptr, array.nbytes, kind, stream.handle),
               "cudaMemcpyAsync device to host")
 
-    def free(self) -> None:
-        if self.ptr:
-            self.cudart.cudaFree(self.ptr)
-            self.ptr, self.nbytes = 0, 0
+
+class PinnedBuffer(_Allocation):
+    """Page-locked host memory (``cudaMallocHost``) for one tensor: asynchronous copies from pageable memory
+    are staged and serialized by the driver, from pinned memory they are real DMA (NVIDIA's samples pin)."""
+
+    allocate, release_call = "cudaMallocHost", "cudaFreeHost"
+
+    def view(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A numpy array over the first bytes of this buffer (valid until the next :meth:`reserve`)."""
+        dtype = np.dtype(dtype)
+        count = int(np.prod(shape, dtype=np.int64))
+        self.reserve(count * dtype.itemsize)
+        raw = (ctypes.c_char * self.nbytes).from_address(self.ptr)
+        return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
 
 
 class GraphLauncher:
@@ -76,32 +141,37 @@ class GraphLauncher:
     As trtexec does: on a new key, enqueue once and synchronize (TensorRT may allocate or initialize on
     the first run after a shape change), then capture one enqueue on the (non-default) stream in
     thread-local mode. If the enqueue or the capture fails, that key runs without a graph from then on.
+    Up to ``keep`` graphs stay instantiated (least recently used dropped first), so callers alternating
+    between a few shapes replay rather than recapture every call.
     """
 
-    def __init__(self, cudart: ModuleType) -> None:
+    def __init__(self, cudart: ModuleType, keep: int = DEFAULT_GRAPHS_KEPT) -> None:
         self.cudart = cudart
-        self.key: Hashable | None = None
-        self.graph_exec: Any = None
+        self.keep = keep
+        self.graphs: OrderedDict[Hashable, Any] = OrderedDict()
         self.captures = 0
         self.uncapturable: set[Hashable] = set()
 
     def run(self, key: Hashable, enqueue: Callable[[], bool], stream: Stream) -> bool:
         """Run ``enqueue``'s work for ``key``; return False only when a plain enqueue failed."""
-        if key != self.key:
-            self.release()
-            self.key = key
-            if key not in self.uncapturable:
-                if not enqueue():
-                    return False
-                stream.synchronize()
-                self.graph_exec = self._capture(enqueue, stream)
-                if self.graph_exec is None:
-                    self.uncapturable.add(key)
-                return True  # the warm-up enqueue already produced this call's results
-        if self.graph_exec is None:
+        graph_exec = self.graphs.get(key)
+        if graph_exec is not None:
+            self.graphs.move_to_end(key)
+            check(self.cudart, self.cudart.cudaGraphLaunch(graph_exec, stream.handle), "cudaGraphLaunch")
+            return True
+        if key in self.uncapturable:
             return enqueue()
-        check(self.cudart, self.cudart.cudaGraphLaunch(self.graph_exec, stream.handle), "cudaGraphLaunch")
-        return True
+        if not enqueue():
+            return False
+        stream.synchronize()
+        graph_exec = self._capture(enqueue, stream)
+        if graph_exec is None:
+            self.uncapturable.add(key)
+        else:
+            self.graphs[key] = graph_exec
+            while len(self.graphs) > self.keep:
+                self._destroy(self.graphs.popitem(last=False)[1])
+        return True  # the warm-up enqueue already produced this call's results
 
     def _capture(self, enqueue: Callable[[], bool], stream: Stream) -> Any:
         cudart = self.cudart
@@ -124,8 +194,10 @@ class GraphLauncher:
         self.captures += 1
         return graph_exec
 
+    def _destroy(self, graph_exec: Any) -> None:
+        self.cudart.cudaGraphExecDestroy(graph_exec)
+
     def release(self) -> None:
-        if self.graph_exec is not None:
-            self.cudart.cudaGraphExecDestroy(self.graph_exec)
-            self.graph_exec = None
-        self.key = None
+        """Drop every graph (also when a buffer moved: the addresses baked into them are stale)."""
+        while self.graphs:
+            self._destroy(self.graphs.popitem()[1])

@@ -24,6 +24,7 @@ class DeviceInfo:
     name: str
     compute_capability: str  # "8.7"
     memory_bytes: int
+    integrated: bool = False  # shares memory with the CPU (Jetson)
 
     @property
     def slug(self) -> str:
@@ -32,7 +33,7 @@ class DeviceInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return {"index": self.index, "name": self.name, "compute_capability": self.compute_capability,
-                "memory_bytes": self.memory_bytes}
+                "memory_bytes": self.memory_bytes, "integrated": self.integrated}
 
 
 def import_cudart() -> ModuleType:
@@ -75,4 +76,5 @@ def cuda_device(index: int = 0, cudart: ModuleType | None = None) -> DeviceInfo:
         raise MissingRequirementError("CUDA device", f"an index in [0, {count - 1}]", repr(index))
     props = check(cudart, cudart.cudaGetDeviceProperties(index), "cudaGetDeviceProperties")
     name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
-    return DeviceInfo(index, name.rstrip("\x00").strip(), f"{props.major}.{props.minor}", int(props.totalGlobalMem))
+    return DeviceInfo(index, name.rstrip("\x00").strip(), f"{props.major}.{props.minor}", int(props.totalGlobalMem),
+                      bool(getattr(props, "integrated", 0)))

@@ -48,6 +48,7 @@ class EngineEntry:
     plan_sha256: str
     build_seconds: float = 0.0
     builder_options: dict[str, Any] = field(default_factory=dict)
+    exclude_lean_runtime: bool = False  # built for the lean runtime: carries no runtime of its own
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -63,7 +64,8 @@ class EngineEntry:
                               "compute_capability, profiles, onnx_sha256, plan_sha256 ...)", str(exc)) from exc
 
     def describe(self) -> str:
-        compat = ", version-compatible" if self.version_compatible else ""
+        compat = (", version-compatible" if self.version_compatible else "") + (
+            ", lean runtime excluded" if self.exclude_lean_runtime else "")
         return f"TensorRT {self.tensorrt} on {self.gpu} (compute {self.compute_capability}{compat}) [{self.file}]"
 
 
@@ -85,14 +87,20 @@ def _version_tuple(version: str) -> tuple[int, ...]:
 def mismatches(entry: EngineEntry, bundle: Bundle, trt_version: str, device: DeviceInfo, lean: bool) -> list[str]:
     """Why ``entry`` cannot run here (empty: it can), each reason naming the engine's side and this machine's."""
     reasons = []
-    if entry.version_compatible:
+    if lean:  # NvInferRuntime.h (10.3), loadRuntime: plans built VERSION_COMPATIBLE and EXCLUDE_LEAN_RUNTIME,
+        # by the same TensorRT version as the lean runtime
+        if not (entry.version_compatible and entry.exclude_lean_runtime):
+            reasons.append("runtime: the lean runtime (tensorrt_lean) loads only engines built --version-compatible "
+                           "--exclude-lean-runtime")
+        elif not same_build(entry.tensorrt, trt_version):
+            reasons.append(f"TensorRT: engine {entry.tensorrt}, this lean runtime {trt_version} (it runs only plans "
+                           "built by its own version)")
+    elif entry.version_compatible and not entry.exclude_lean_runtime:
         if _version_tuple(trt_version) < _version_tuple(entry.tensorrt):
             reasons.append(f"TensorRT: engine {entry.tensorrt} (version-compatible: runs on it or newer), "
                            f"this machine {trt_version}")
     elif not same_build(entry.tensorrt, trt_version):
         reasons.append(f"TensorRT: engine {entry.tensorrt}, this machine {trt_version}")
-    if lean and not entry.version_compatible:
-        reasons.append("runtime: the lean runtime (tensorrt_lean) loads only engines built --version-compatible")
     if entry.compute_capability != device.compute_capability:
         reasons.append(f"compute capability: engine {entry.compute_capability}, this GPU {device.compute_capability}")
     if entry.gpu != device.name:

@@ -15,6 +15,8 @@ class BuildError(BackendError):
 
 # How to get what is missing, per platform (one line each: the CLI prints the error on one line).
 INSTALL_TENSORRT = ("on Jetson: JetPack 6's apt packages (sudo apt install nvidia-jetpack: TensorRT 10.3); "
-                    "elsewhere: pip uninstall onnxruntime && pip install \"fusionrt[gpu]\"")
-INSTALL_CUDA_PYTHON = "pip install \"cuda-python>=12\" with the major version of the machine's CUDA (12 on JetPack 6)"
+                    "elsewhere: NVIDIA's index (pip install --extra-index-url https://pypi.nvidia.com tensorrt-cu12, "
+                    "tensorrt-cu13 for CUDA 13); fusionrt doctor says which")
+INSTALL_CUDA_PYTHON = ("pip install \"cuda-python>=12.6.1,<13\" for a CUDA 12 driver (JetPack 6), "
+                       "\"cuda-python>=13,<14\" for CUDA 13 (or the extras fusionrt[gpu] / fusionrt[gpu-cu13])")
 GET_GPU = "a machine with an NVIDIA GPU and its driver (check with nvidia-smi)"

@@ -16,7 +16,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from fusionrt.bundle.manifest import Bundle
 from fusionrt.errors import BackendError, InputError
-from fusionrt.runtime.backends.tensorrt.cuda import DeviceBuffer, GraphLauncher, Stream
+from fusionrt.runtime.backends.tensorrt.cuda import DeviceBuffer, Event, GraphLauncher, PinnedBuffer, Stream
 from fusionrt.runtime.backends.tensorrt.device import DeviceInfo, check, cuda_device, import_cudart
 from fusionrt.runtime.backends.tensorrt.entries import EngineEntry, build_command, select_engine
 from fusionrt.runtime.backends.tensorrt.profiles import Shape, covering_profiles, describe_ranges
@@ -32,6 +33,10 @@ from fusionrt.runtime.backends.tensorrt.versions import import_tensorrt, is_lean
 from fusionrt.runtime.runner import Runner
 
 DEFAULT_MAX_CONTEXTS = 4
+LOG_LINES_KEPT = 64  # TensorRT may warn on every call; only the latest lines go into error messages
+# Stream handles that mean a default stream (legacy, cudaStreamLegacy, cudaStreamPerThread): TensorRT warns on
+# each enqueue there and synchronizes around it, so such work goes to the slot's own stream, ordered by events.
+DEFAULT_STREAMS = frozenset({0, 1, 2})
 
 
 def capturing_logger(trt: ModuleType) -> Any:
@@ -40,7 +45,7 @@ def capturing_logger(trt: ModuleType) -> Any:
     class CapturingLogger(trt.ILogger):
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
-            self.messages: list[str] = []
+            self.messages: deque[str] = deque(maxlen=LOG_LINES_KEPT)
             self._keep = (trt.ILogger.INTERNAL_ERROR, trt.ILogger.ERROR, trt.ILogger.WARNING)
 
         def log(self, severity: Any, msg: str) -> None:
@@ -48,6 +53,11 @@ def capturing_logger(trt: ModuleType) -> Any:
                 self.messages.append(str(msg))
 
     return CapturingLogger()
+
+
+def recent(messages: Iterable[str], count: int = 5) -> str:
+    """The last ``count`` logger lines, for an error message."""
+    return " | ".join(list(messages)[-count:])
 
 
 def numpy_dtypes(trt: ModuleType) -> dict[Any, np.dtype]:
@@ -79,7 +89,12 @@ class EngineTensors:
 
 
 class ContextSlot:
-    """One execution context with its own stream, buffers and CUDA graph."""
+    """One execution context with its own stream, buffers (device and pinned host) and CUDA graphs.
+
+    ``done`` marks the end of the slot's last enqueue on whichever stream it went: ``infer_torch`` returns
+    before the GPU has run it, so the slot's next user (and ``release``) waits on that event first: TensorRT
+    leaves changing a context's addresses or shapes, or freeing it, while its work is in flight undefined.
+    """
 
     def __init__(self, cudart: ModuleType, engine: Any, tensors: EngineTensors, cuda_graphs: bool) -> None:
         self.cudart = cudart
@@ -89,12 +104,17 @@ class ContextSlot:
                                "None from create_execution_context (out of GPU memory?)")
         self.tensors = tensors
         self.stream = Stream(cudart)
-        self.buffers = {n: DeviceBuffer(cudart) for n in (*tensors.inputs, *tensors.outputs)}
+        self.done = Event(cudart)
+        self.caller_ready = Event(cudart)  # orders the slot's stream after a caller's default stream
+        names = (*tensors.inputs, *tensors.outputs)
+        self.buffers = {n: DeviceBuffer(cudart) for n in names}
+        self.host = {n: PinnedBuffer(cudart) for n in names}
         self.launcher = GraphLauncher(cudart) if cuda_graphs else None
         self.profile: int | None = None
 
     def prepare(self, profile: int, shapes: Mapping[str, tuple[int, ...]], stream_ptr: int) -> dict[str, Shape]:
-        """Select ``profile``, set the input shapes; return each output's shape."""
+        """Wait for the slot's previous work, select ``profile``, set the input shapes; return each output's shape."""
+        self.done.make_wait(stream_ptr)
         context = self.context
         if profile != self.profile:
             if not context.set_optimization_profile_async(profile, stream_ptr):
@@ -108,48 +128,74 @@ class ContextSlot:
             raise BackendError("input shapes", "every output shape resolvable", f"unresolved {list(unresolved)}")
         return {name: tuple(int(d) for d in context.get_tensor_shape(name)) for name in self.tensors.outputs}
 
-    def run(self, profile: int, feed: dict[str, np.ndarray], messages: list[str]) -> dict[str, np.ndarray]:
-        """Host arrays in and out, through this slot's own device buffers and stream."""
+    def bind(self, name: str, ptr: int) -> None:
+        """``set_tensor_address``, refused addresses (null, misaligned) raised instead of ignored."""
+        if not self.context.set_tensor_address(name, ptr):
+            raise BackendError(f"tensor {name}", "a device address TensorRT accepts (set_tensor_address: "
+                               "non-null, aligned to the tensor's type)", f"{ptr:#x} refused")
+
+    def run(self, profile: int, feed: dict[str, np.ndarray], messages: Iterable[str]) -> dict[str, np.ndarray]:
+        """Host arrays in and out, through pinned staging buffers, this slot's device buffers and stream."""
         context, stream = self.context, self.stream
-        arrays = {n: np.ascontiguousarray(feed[n], dtype=self.tensors.dtypes[n]) for n in self.tensors.inputs}
-        shapes = self.prepare(profile, {n: a.shape for n, a in arrays.items()}, stream.ptr)
-        outputs = {n: np.empty(shape, self.tensors.dtypes[n]) for n, shape in shapes.items()}
-        for name, array in (*arrays.items(), *outputs.items()):
-            self.buffers[name].reserve(array.nbytes)
-            context.set_tensor_address(name, self.buffers[name].ptr)
-        for name, array in arrays.items():
+        dtypes = self.tensors.dtypes
+        staged = {}
+        for name in self.tensors.inputs:
+            array = np.asarray(feed[name])
+            staged[name] = self.host[name].view(array.shape, dtypes[name])
+            staged[name][...] = array
+        shapes = self.prepare(profile, {n: a.shape for n, a in staged.items()}, stream.ptr)
+        outputs = {n: self.host[n].view(shape, dtypes[n]) for n, shape in shapes.items()}
+        moved = False
+        for name, array in (*staged.items(), *outputs.items()):
+            moved |= self.buffers[name].reserve(array.nbytes)
+            self.bind(name, self.buffers[name].ptr)
+        if moved and self.launcher is not None:
+            self.launcher.release()
+        for name, array in staged.items():
             self.buffers[name].upload(array, stream)
         enqueue = lambda: bool(context.execute_async_v3(stream.ptr))  # noqa: E731 - one call, named for reuse
         if self.launcher is None:
             ok = enqueue()
         else:
-            key = (profile, tuple(a.shape for a in arrays.values()), tuple(b.ptr for b in self.buffers.values()))
+            key = (profile, tuple(a.shape for a in staged.values()), tuple(b.ptr for b in self.buffers.values()))
             ok = self.launcher.run(key, enqueue, stream)
         if not ok:
-            raise BackendError("execute_async_v3", "a successful enqueue", f"failure ({' | '.join(messages[-5:])})")
+            raise BackendError("execute_async_v3", "a successful enqueue", f"failure ({recent(messages)})")
         for name, array in outputs.items():
             self.buffers[name].download(array, stream)
+        self.done.record(stream.handle)
         stream.synchronize()
-        return outputs
+        return {name: array.copy() for name, array in outputs.items()}  # the pinned buffers are reused
 
     def run_device(self, profile: int, feed: Mapping[str, Any], stream_ptr: int, empty: Any,
-                   messages: list[str]) -> dict[str, Any]:
-        """Device tensors in (``data_ptr()``), device tensors out (made by ``empty(name, shape)``), enqueued on the
-        caller's stream without a host copy or a synchronization."""
-        context = self.context
-        shapes = self.prepare(profile, {n: tuple(feed[n].shape) for n in self.tensors.inputs}, stream_ptr)
+                   messages: Iterable[str]) -> dict[str, Any]:
+        """Device tensors in (``data_ptr()``), device tensors out (made by ``empty(name, shape)``), enqueued
+        after the caller's stream's work and before its later work, without a host copy or a host wait."""
+        on_default = stream_ptr in DEFAULT_STREAMS
+        if on_default:  # run on the slot's stream, after the caller's queued work (which made the inputs)
+            self.caller_ready.record(stream_ptr)
+            self.caller_ready.make_wait(self.stream.handle)
+        run_ptr = self.stream.ptr if on_default else stream_ptr
+        shapes = self.prepare(profile, {n: tuple(feed[n].shape) for n in self.tensors.inputs}, run_ptr)
         outputs = {n: empty(n, shape) for n, shape in shapes.items()}
         for name, tensor in (*feed.items(), *outputs.items()):
-            context.set_tensor_address(name, int(tensor.data_ptr()))
-        if not context.execute_async_v3(stream_ptr):
-            raise BackendError("execute_async_v3", "a successful enqueue", f"failure ({' | '.join(messages[-5:])})")
+            self.bind(name, int(tensor.data_ptr()))
+        if not self.context.execute_async_v3(run_ptr):
+            raise BackendError("execute_async_v3", "a successful enqueue", f"failure ({recent(messages)})")
+        self.done.record(run_ptr)
+        if on_default:  # the caller's later work (reading the outputs) waits for ours
+            self.done.make_wait(stream_ptr)
         return outputs
 
     def release(self) -> None:
+        """Wait for the slot's last work, then free everything it holds."""
+        self.done.synchronize()
         if self.launcher is not None:
             self.launcher.release()
-        for buffer in self.buffers.values():
+        for buffer in (*self.buffers.values(), *self.host.values()):
             buffer.free()
+        self.done.destroy()
+        self.caller_ready.destroy()
         self.stream.destroy()
         self.context = None
 
@@ -241,12 +287,12 @@ class TensorRTRunner(Runner):
         check(cudart, cudart.cudaSetDevice(device.index), "cudaSetDevice")
         logger = capturing_logger(trt)
         runtime = trt.Runtime(logger)
-        if entry.version_compatible:
-            runtime.engine_host_code_allowed = True  # a version-compatible plan carries its own host code
+        if entry.version_compatible and not entry.exclude_lean_runtime:
+            runtime.engine_host_code_allowed = True  # such a plan carries its own (lean runtime) host code
         engine = runtime.deserialize_cuda_engine(plan)
         if engine is None:
             raise BackendError(entry.file, f"a plan TensorRT {version_of(trt)} deserializes on {device.name}",
-                               f"a failure: {' | '.join(logger.messages[-5:]) or 'no message from TensorRT'}; "
+                               f"a failure: {recent(logger.messages) or 'no message from TensorRT'}; "
                                f"rebuild: {build_command(self.bundle, self.graph.name, self.precision)}")
         tensors = EngineTensors(trt, engine)
         declared = ([t.name for t in self.graph.inputs], [t.name for t in self.graph.outputs])
@@ -254,7 +300,14 @@ class TensorRTRunner(Runner):
             raise BackendError(entry.file, f"inputs/outputs {declared} as in manifest.json",
                                f"{tensors.inputs} / {tensors.outputs}")
         self._runtime, self._engine, self._tensors, self._logger, self.entry = runtime, engine, tensors, logger, entry
+        self._cudart = cudart
         self.pool = ContextPool(lambda: ContextSlot(cudart, engine, tensors, self._cuda_graphs), self._max_contexts)
+
+    def _use_device(self) -> None:
+        """``cudaSetDevice`` on the calling thread: the current device is per thread (a new thread starts on
+        device 0), and slots, streams, buffers and enqueues must all be on the engine's device."""
+        assert self.device is not None
+        check(self._cudart, self._cudart.cudaSetDevice(self.device.index), "cudaSetDevice")
 
     def _profiles_for(self, shapes: Mapping[str, Shape]) -> list[int]:
         """The profiles covering ``shapes``; outside all of them, an error listing their ranges."""
@@ -268,17 +321,22 @@ class TensorRTRunner(Runner):
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert self.pool is not None
         shapes = {name: tuple(array.shape) for name, array in feed.items()}
+        self._use_device()
         with self.pool.slot(self._profiles_for(shapes)) as (slot, profile):
             outputs = slot.run(profile, feed, self._logger.messages)
         return {t.name: outputs[t.name].astype(t.np_dtype, copy=False) for t in self.graph.outputs}
 
     def infer_torch(self, feed: Mapping[str, Any], stream: int | None = None) -> dict[str, Any]:
-        """Torch CUDA tensors in and out, no host copy: enqueued on ``stream`` (default: torch's current stream),
-        not synchronized. Checks names, device, dtype and the profile; values are not validated (use ``infer``)."""
+        """Torch CUDA tensors in and out, no host copy: enqueued on ``stream`` (default: torch's current stream;
+        a default stream is replaced by the context's own stream, ordered with events), not synchronized.
+        Counted as in flight for ``close()``, which also waits for the GPU work. Checks names, device, dtype and
+        the profile; values are not validated (use ``infer``)."""
+        with self.in_call():
+            return self._infer_torch(feed, stream)
+
+    def _infer_torch(self, feed: Mapping[str, Any], stream: int | None) -> dict[str, Any]:
         import torch
 
-        if not self._active:
-            self.activate()
         tensors = self._tensors
         if sorted(feed) != sorted(tensors.inputs):
             raise InputError("feed", f"torch tensors named {tensors.inputs}", str(sorted(feed)))
@@ -291,6 +349,7 @@ class TensorRTRunner(Runner):
         shapes = {name: tuple(tensor.shape) for name, tensor in feed.items()}
         profiles = self._profiles_for(shapes)
         device = next(iter(feed.values())).device
+        self._use_device()
         stream_ptr = int(torch.cuda.current_stream(device).cuda_stream) if stream is None else int(stream)
 
         def empty(name: str, shape: Shape) -> Any:
@@ -301,6 +360,7 @@ class TensorRTRunner(Runner):
 
     def deactivate_impl(self) -> None:
         if self.pool is not None:
+            self._use_device()
             self.pool.release()
         self.pool = self._engine = self._runtime = None
 
