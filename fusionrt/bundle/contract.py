@@ -20,6 +20,8 @@ MAX_MANIFEST_BYTES = 8 << 20
 MAX_MANIFEST_DEPTH = 32
 # Contract sizes the runtime reads from the model section (app, serve, parity, calibration).
 MODEL_SIZES = ("vocab_size", "visual_dim", "max_text_len", "max_visual_len", "num_answers")
+# A user's module may have no class output at all (hidden states only): its manifest records no num_answers.
+OPTIONAL_SIZES = ("num_answers",)
 
 
 def check_depth(value: Any, limit: int = MAX_MANIFEST_DEPTH) -> None:
@@ -36,10 +38,12 @@ def check_depth(value: Any, limit: int = MAX_MANIFEST_DEPTH) -> None:
 
 
 def model_sizes(model: Mapping[str, Any]) -> dict[str, int]:
-    """The model section's contract sizes, each a positive int."""
+    """The model section's contract sizes, each a positive int (an optional one may be absent or null)."""
     sizes = {}
     for key in MODEL_SIZES:
         value = model.get(key)
+        if value is None and key in OPTIONAL_SIZES:
+            continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise BundleError(f"{MANIFEST} model.{key}", "a positive integer (the model's contract)",
                               repr(value)[:80])
@@ -69,7 +73,8 @@ def _compare(sizes: dict[str, int], graphs: Mapping[str, GraphSpec]) -> None:
             if isinstance(symbol, str) and fusion.dims[symbol].max > sizes[bound]:
                 expected.append((f"dim {symbol} max", fusion.dims[symbol].max, f"<= model.{bound} {sizes[bound]}"))
         expected.append(("visual_feats width", _tensor(fusion, "visual_feats").shape[-1], sizes["visual_dim"]))
-        expected.append(("logits width", _tensor(fusion, "logits").shape[-1], sizes["num_answers"]))
+        if "num_answers" in sizes and any(t.name == "logits" for t in fusion.outputs):
+            expected.append(("logits width", _tensor(fusion, "logits").shape[-1], sizes["num_answers"]))
     if REGION_ENCODER in graphs:
         expected.append(("region_encoder feats width", _tensor(graphs[REGION_ENCODER], "feats").shape[-1],
                          sizes["visual_dim"]))
