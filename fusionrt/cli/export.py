@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from fusionrt.bundle import Bundle
 from fusionrt.cli.output import add_json_option, write_json
 from fusionrt.export import export_checkpoint
+from fusionrt.export.caption import CAPTION_TASK, export_caption
 from fusionrt.progress import progress_for
 
 
@@ -15,7 +18,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "export", help="export a checkpoint to a verified ONNX bundle (needs torch, onnx, onnxruntime)")
     parser.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the shipped model)")
     parser.add_argument("--out", required=True, help="bundle directory to write (replaced if it is a bundle)")
-    parser.add_argument("--max-batch", type=int, default=64, help="largest batch the graphs accept (default 64)")
+    parser.add_argument("--task", default="auto", choices=("auto", "vqa", CAPTION_TASK),
+                        help="what the checkpoint does (default: read from its config.json)")
+    parser.add_argument("--max-batch", type=int, default=None,
+                        help="largest batch the graphs accept (default 64; 16 images for a caption bundle)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     parser.add_argument("--exporter", default="auto", choices=("auto", "legacy", "dynamo"),
                         help="torch.onnx exporter; auto tries the faster (legacy) first, then dynamo")
@@ -26,10 +32,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
+def checkpoint_task(checkpoint: str | None) -> str:
+    """The task a checkpoint's config.json records ("vqa" when it records none), read without torch."""
+    try:
+        recorded = json.loads((Path(checkpoint) / "config.json").read_text()).get("task") if checkpoint else None
+    except (OSError, ValueError, AttributeError):
+        recorded = None  # the export itself reports an unreadable checkpoint
+    return recorded if isinstance(recorded, str) else "vqa"
+
+
 def run(args: argparse.Namespace) -> int:
     progress = progress_for(args.quiet)
-    path = export_checkpoint(args.checkpoint, args.out, max_batch=args.max_batch, opset=args.opset,
-                             exporter=args.exporter, atol=args.atol, progress=progress)
+    task = checkpoint_task(args.checkpoint) if args.task == "auto" else args.task
+    if task == CAPTION_TASK:
+        path = export_caption(args.checkpoint, args.out, max_batch=args.max_batch or 16, opset=args.opset,
+                              exporter="legacy" if args.exporter == "auto" else args.exporter, atol=args.atol,
+                              progress=progress)
+    else:
+        path = export_checkpoint(args.checkpoint, args.out, max_batch=args.max_batch or 64, opset=args.opset,
+                                 exporter=args.exporter, atol=args.atol, progress=progress)
     manifest = Bundle.open(path).manifest
     verification = manifest["verification"]
     if write_json(args.json, {"bundle": str(path), "exporter": manifest["exporter"], "opset": manifest["opset"],
