@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "fusionrt.cli.render", "fusionrt.cli.ask", "fusionrt.cli.train", "fusionrt.cli.export", "fusionrt.cli.parity",
     "fusionrt.cli.doctor", "fusionrt.cli.calibrate", "fusionrt.cli.quantize", "fusionrt.cli.build",
     "fusionrt.cli.triton", "fusionrt.cli.serve", "fusionrt.cli.tune", "fusionrt.cli.bench", "fusionrt.cli.pipeline",
+    "fusionrt.cli.caption",
 )
 
 
