@@ -21,3 +21,7 @@ fi
 .venv-serve/bin/python -m pip install --quiet -c constraints.txt "numpy<2" "onnxruntime>=1.27" -e .
 .venv-serve/bin/python -m pip install --quiet --no-deps "nvidia-pytriton>=0.7"
 .venv/bin/fusionrt pipeline --out runs/bundle --junit runs/pipeline-junit.xml
+# The caption model (README "Captioning"): export the shipped caption checkpoint with its KV cache (verified
+# against PyTorch on the B x P x S x M grid), then caption held-out scenes through it on ONNX Runtime.
+.venv/bin/fusionrt export -q --checkpoint fusionrt/assets/caption-small --out runs/caption-bundle
+.venv/bin/python scripts/check_caption_bundle.py runs/caption-bundle
