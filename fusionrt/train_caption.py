@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -23,7 +22,7 @@ from fusionrt.model.caption_checkpoint import CaptionCheckpoint, save_caption_ch
 from fusionrt.model.caption_decode import greedy_torch
 from fusionrt.model.checkpoint import SHIPPED_CHECKPOINT
 from fusionrt.progress import SILENT, Progress
-from fusionrt.train import pad_regions
+from fusionrt.train import _learning_rate, pad_regions
 from fusionrt.train_config import CaptionTrainConfig
 
 
@@ -63,13 +62,6 @@ def evaluate_captions(decoder: CaptionDecoder, feats: torch.Tensor, data: Captio
         outputs += greedy_torch(decoder, visual, mask)[0]
     exact = [out == generated_ids(data, i) for i, out in enumerate(outputs)]
     return {"exact_match": float(np.mean(exact)), "scenes": len(data), "outputs": outputs}
-
-
-def _learning_rate(step: int, config: CaptionTrainConfig) -> float:
-    if step < config.warmup_steps:
-        return config.learning_rate * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    return config.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def train_caption(config: CaptionTrainConfig, out_dir: str | Path | None, progress: bool = True,

@@ -17,11 +17,10 @@ import numpy as np
 from fusionrt.bundle.manifest import Bundle, is_bundle
 from fusionrt.caption.generate import FINISHED, beam_search, greedy, stream_greedy
 from fusionrt.caption.steppers import OrtStepper, Stepper, TorchStepper
-from fusionrt.data.caption_set import ordered_regions
+from fusionrt.data.batch import detect_many
 from fusionrt.data.captions import MAX_CAPTION_TOKENS
-from fusionrt.data.images import load_image
 from fusionrt.data.tokenizer import QuestionEncoder
-from fusionrt.errors import BundleError, InputError, NoObjectsError
+from fusionrt.errors import BundleError, InputError
 from fusionrt.runtime.session import Session
 
 SHIPPED_CAPTION_BUNDLE = Path(__file__).resolve().parents[1] / "assets" / "caption-bundle"
@@ -77,16 +76,8 @@ class Captioner:
     def visual_inputs(self, images: Sequence[Image]) -> tuple[np.ndarray, np.ndarray]:
         """``visual_feats`` [B,M,Dv] and ``visual_mask`` [B,M] of images: regions detected, sorted left to right,
         encoded in one region-encoder call."""
-        crops, geometry, counts = [], [], []
-        for index, image in enumerate(images):
-            regions = ordered_regions(load_image(image), max_regions=self.max_visual_len)
-            if len(regions) == 0:
-                name = str(image) if isinstance(image, str | Path) else f"image array #{index}"
-                raise NoObjectsError(name, "at least one object on the background", "no object detected")
-            crops.append(regions.crops_float())
-            geometry.append(regions.geometry)
-            counts.append(len(regions))
-        feats = self._encode(np.concatenate(crops), np.concatenate(geometry))
+        crops, geometry, counts = detect_many(images, self.max_visual_len, left_to_right=True)
+        feats = self._encode(crops, geometry)
         width = max(counts)
         visual = np.zeros((len(images), width, feats.shape[1]), dtype=np.float32)
         mask = np.arange(width)[None, :] < np.asarray(counts)[:, None]

@@ -8,14 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_file
-
 from fusionrt.data.captions import MAX_CAPTION_TOKENS
 from fusionrt.data.tokenizer import QuestionEncoder
 from fusionrt.errors import CheckpointError
-from fusionrt.io import atomic_path, atomic_write_bytes, atomic_write_json
+from fusionrt.io import atomic_write_bytes, atomic_write_json
 from fusionrt.model.caption import CaptionConfig, CaptionDecoder
-from fusionrt.model.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, _load_weights, read_config
+from fusionrt.model.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, _load_weights, read_config, save_weights
 from fusionrt.model.region_encoder import RegionEncoder, RegionEncoderConfig
 
 CAPTION_TASK = "caption"
@@ -60,9 +58,7 @@ def save_caption_checkpoint(checkpoint: CaptionCheckpoint, path: str | Path,
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     for name, module in (("caption", checkpoint.decoder), ("region_encoder", checkpoint.region_encoder)):
-        state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
-        with atomic_path(path / f"{name}.safetensors") as tmp:
-            save_file(state, str(tmp))
+        save_weights(module, path / f"{name}.safetensors")
     atomic_write_bytes(path / "tokenizer.json", checkpoint.tokens.tokenizer.to_str().encode())
     atomic_write_json(path / "config.json", {
         "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "task": CAPTION_TASK,

@@ -102,14 +102,20 @@ def load_checkpoint(path: str | Path = SHIPPED_CHECKPOINT) -> Checkpoint:
     return Checkpoint(fusion, region_encoder.eval(), questions, answers, path)
 
 
+def save_weights(module: nn.Module, path: Path) -> Path:
+    """A module's state dict as safetensors, written atomically."""
+    state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp))
+    return path
+
+
 def save_checkpoint(checkpoint: Checkpoint, path: str | Path, metrics: dict[str, Any] | None = None) -> Path:
     """Write a checkpoint directory (each file atomically)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     for name, module in (("fusion", checkpoint.fusion), ("region_encoder", checkpoint.region_encoder)):
-        state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
-        with atomic_path(path / f"{name}.safetensors") as tmp:
-            save_file(state, str(tmp))
+        save_weights(module, path / f"{name}.safetensors")
     atomic_write_bytes(path / "tokenizer.json", checkpoint.questions.tokenizer.to_str().encode())
     atomic_write_json(path / "answers.json", list(checkpoint.answers))
     atomic_write_json(path / "config.json", {
