@@ -97,3 +97,19 @@ def test_cli_caption_prints_the_caption_without_importing_torch(tmp_path):
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert _normal(json.loads(result.stdout)["captions"][0]["caption"]) == _normal(caption_text(scene))
+
+
+def test_cli_parity_on_a_caption_bundle_reports_steps_and_its_logit_gate_can_fail(tmp_path):
+    from fusionrt.cli import main
+
+    report_path = tmp_path / "parity.json"
+    assert main(["parity", str(SHIPPED_CAPTION_BUNDLE), "--scenes", "16", "-q", "--json", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["task"] == "caption" and report["token_identical"] == 1.0
+    assert len(report["per_step_logits_max_abs"]) >= 20 and max(report["per_step_logits_max_abs"]) < 1e-4
+    assert report["exact_match"]["candidate"] == 1.0
+    # a logit tolerance no float32 run meets must fail the gate (exit 1), naming it
+    assert main(["parity", str(SHIPPED_CAPTION_BUNDLE), "--scenes", "16", "-q", "--atol", "1e-12",
+                 "--json", str(report_path)]) == 1
+    assert not json.loads(report_path.read_text())["gates"]["logits_max_abs"]["passed"]
+
