@@ -113,3 +113,23 @@ def test_cli_parity_on_a_caption_bundle_reports_steps_and_its_logit_gate_can_fai
                  "--json", str(report_path)]) == 1
     assert not json.loads(report_path.read_text())["gates"]["logits_max_abs"]["passed"]
 
+
+
+def test_openvino_stepper_decodes_like_onnxruntime_with_close_logits(captioner, heldout):
+    pytest.importorskip("openvino")
+    from fusionrt.caption.generate import beam_search, greedy
+    from fusionrt.caption.steppers import OpenVinoStepper
+
+    visual, mask = captioner.visual_inputs(heldout[0][:6])
+    openvino = OpenVinoStepper(Bundle.open(SHIPPED_CAPTION_BUNDLE))
+    kwargs = {"bos": captioner.bos, "eos": captioner.eos, "max_new_tokens": captioner.max_new_tokens}
+    assert greedy(openvino, visual, mask, **kwargs) == greedy(captioner.stepper, visual, mask, **kwargs)
+    assert beam_search(openvino, visual, mask, width=2, **kwargs)[0][0] == \
+        beam_search(captioner.stepper, visual, mask, width=2, **kwargs)[0][0]
+    openvino.start(visual, mask)
+    captioner.stepper.start(visual, mask)
+    ids = np.full((6, 1), captioner.bos, dtype=np.int64)
+    for _ in range(10):
+        a, b = openvino.step(ids)[:, -1], captioner.stepper.step(ids)[:, -1]
+        assert np.abs(a - b).max() < 1e-4
+        ids = b.argmax(-1)[:, None]

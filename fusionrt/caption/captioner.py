@@ -16,7 +16,7 @@ import numpy as np
 
 from fusionrt.bundle.manifest import Bundle, is_bundle
 from fusionrt.caption.generate import FINISHED, beam_search, greedy, stream_greedy
-from fusionrt.caption.steppers import OrtStepper, Stepper, TorchStepper
+from fusionrt.caption.steppers import OpenVinoStepper, OrtStepper, Stepper, TorchStepper
 from fusionrt.data.batch import detect_many
 from fusionrt.data.captions import MAX_CAPTION_TOKENS
 from fusionrt.data.tokenizer import QuestionEncoder
@@ -26,15 +26,18 @@ from fusionrt.runtime.session import Session
 SHIPPED_CAPTION_BUNDLE = Path(__file__).resolve().parents[1] / "assets" / "caption-bundle"
 CAPTION_TASK = "caption"
 MAX_IMAGES_PER_CALL = 16
+STEPPERS = {"onnxruntime": OrtStepper, "openvino": OpenVinoStepper}
 Image = str | Path | np.ndarray
 
 
 class Captioner:
     """``model_or_bundle``: ``None`` (the shipped caption bundle), a caption bundle directory (run on ONNX
-    Runtime, no torch) or a caption checkpoint directory (PyTorch). ``threads``: ONNX Runtime intra-op threads."""
+    Runtime or OpenVINO, no torch) or a caption checkpoint directory (PyTorch). ``backend``: ``"onnxruntime"``
+    (default) or ``"openvino"`` for a bundle's decoder graphs (the region encoder runs on ONNX Runtime);
+    ``threads``: intra-op threads."""
 
     def __init__(self, model_or_bundle: str | Path | None = None, precision: str = "fp32",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, backend: str = "onnxruntime") -> None:
         source = Path(model_or_bundle) if model_or_bundle is not None else SHIPPED_CAPTION_BUNDLE
         if is_bundle(source):
             bundle = Bundle.open(source)
@@ -42,7 +45,9 @@ class Captioner:
                 raise BundleError("bundle", f"a bundle of task {CAPTION_TASK!r} (fusionrt export --task caption)",
                                   f"task {bundle.task!r} at {source}")
             self.model: dict[str, Any] = bundle.model
-            self.stepper: Stepper = OrtStepper(bundle, precision, threads=threads)
+            if backend not in STEPPERS:
+                raise InputError("backend", f"one of {sorted(STEPPERS)} for a caption bundle", repr(backend))
+            self.stepper: Stepper = STEPPERS[backend](bundle, precision, threads=threads)
             region_session = Session(bundle, "onnxruntime", "region_encoder", "fp32",
                                      **({"threads": threads} if threads else {}))
             self._encode = lambda crops, geometry: region_session.run({"crops": crops, "geometry": geometry})["feats"]

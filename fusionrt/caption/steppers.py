@@ -7,6 +7,7 @@ dropping finished rows.
 
 - :class:`OrtStepper`: ONNX Runtime with IO binding: the present keys/values a step returns stay OrtValues and
   are bound as the next step's past, never copied through numpy; only the logits come back.
+- :class:`OpenVinoStepper`: OpenVINO, the cache kept in ``ov.Tensor``s between steps.
 - :class:`TorchStepper`: the PyTorch original with its own cache (the reference; imports torch).
 """
 
@@ -103,6 +104,68 @@ class OrtStepper:
         self.visual_key = self._value(self.visual_key.numpy()[:, rows])
         self.visual_value = self._value(self.visual_value.numpy()[:, rows])
         self.visual_mask = self._value(self.visual_mask.numpy()[rows])
+        self.past_mask = self.past_mask[rows]
+        self.batch = len(rows)
+
+
+class OpenVinoStepper:
+    """The step and visual graphs on OpenVINO (CPU, f32 hint by default), cache kept in ``ov.Tensor``s: two infer
+    requests of the step graph alternate, so the present tensors one request wrote are the other's past inputs
+    (passed with ``share_inputs``, not copied) and are only overwritten after they were read."""
+
+    def __init__(self, bundle: Bundle, precision: str = "fp32", threads: int | None = None, hint: str = "f32") -> None:
+        from fusionrt.runtime.backends.openvino import compiled_from_onnx, import_openvino
+
+        self.ov = import_openvino()
+        self.model = bundle.model
+        self.visual_request = compiled_from_onnx(bundle.graph_path(CAPTION_VISUAL, precision), hint=hint,
+                                                 threads=threads).create_infer_request()
+        step = compiled_from_onnx(bundle.graph_path(CAPTION_STEP, precision), hint=hint, threads=threads)
+        self.requests = [step.create_infer_request() for _ in range(2)]
+        self.max_text_len = int(self.model["max_text_len"])
+        self.batch = 0
+        self.past_length = 0
+
+    def _tensor(self, array: np.ndarray) -> Any:
+        return self.ov.Tensor(np.ascontiguousarray(array))
+
+    def start(self, visual_feats: np.ndarray, visual_mask: np.ndarray) -> None:
+        self.visual_request.infer({"visual_feats": np.ascontiguousarray(visual_feats, dtype=np.float32),
+                                   "visual_mask": np.ascontiguousarray(visual_mask, dtype=bool)})
+        # copies: the visual request's own output memory is reused by the next image's start
+        self.visual_key = self._tensor(self.visual_request.get_tensor("visual_key").data.copy())
+        self.visual_value = self._tensor(self.visual_request.get_tensor("visual_value").data.copy())
+        self.visual_mask = self._tensor(visual_mask.astype(bool))
+        self.batch = visual_feats.shape[0]
+        empty = np.zeros(cache_shape(self.model, self.batch, 0), dtype=np.float32)
+        self.past_key, self.past_value = self._tensor(empty), self._tensor(empty)
+        self.past_mask = np.zeros((self.batch, 0), dtype=bool)
+        self.past_length = 0
+        self.turn = 0
+
+    def step(self, ids: np.ndarray, new_mask: np.ndarray | None = None) -> np.ndarray:
+        if self.past_length + ids.shape[1] > self.max_text_len:
+            raise InputError("tokens", f"at most {self.max_text_len} text positions (the position table)",
+                             f"{self.past_length} + {ids.shape[1]}")
+        new_mask = np.ones(ids.shape, dtype=bool) if new_mask is None else np.ascontiguousarray(new_mask, dtype=bool)
+        request = self.requests[self.turn]
+        request.infer({"input_ids": np.ascontiguousarray(ids, dtype=np.int64), "new_mask": new_mask,
+                       "past_mask": self.past_mask, "past_key": self.past_key, "past_value": self.past_value,
+                       "visual_key": self.visual_key, "visual_value": self.visual_value,
+                       "visual_mask": self.visual_mask}, share_inputs=True)
+        self.past_key, self.past_value = request.get_tensor("present_key"), request.get_tensor("present_value")
+        self.past_mask = np.concatenate([self.past_mask, new_mask], axis=1)
+        self.past_length += ids.shape[1]
+        self.turn = 1 - self.turn
+        return request.get_tensor("logits").data.copy()
+
+    def select(self, rows: np.ndarray) -> None:
+        rows = np.asarray(rows, dtype=np.int64)
+        self.past_key = self._tensor(self.past_key.data[:, rows])
+        self.past_value = self._tensor(self.past_value.data[:, rows])
+        self.visual_key = self._tensor(self.visual_key.data[:, rows])
+        self.visual_value = self._tensor(self.visual_value.data[:, rows])
+        self.visual_mask = self._tensor(self.visual_mask.data[rows])
         self.past_mask = self.past_mask[rows]
         self.batch = len(rows)
 
