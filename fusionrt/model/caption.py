@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from fusionrt.model.config import config_from_dict
+
 
 @dataclass(frozen=True)
 class CaptionConfig:
@@ -66,11 +68,7 @@ class CaptionConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CaptionConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"caption config: unknown keys {unknown}; known keys are {sorted(known)}")
-        return cls(**data)
+        return config_from_dict(cls, data, "caption config")
 
 
 class DecoderLayer(nn.Module):
