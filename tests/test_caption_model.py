@@ -142,5 +142,6 @@ def test_caption_training_short_schedule_lowers_the_loss():
     metrics = train_caption(CaptionTrainConfig(train_scenes=120, heldout_scenes=10, steps=30, batch_scenes=16,
                                                warmup_steps=5, model_overrides={"hidden": 64, "ffn": 128}),
                             None, progress=False)
-    assert metrics["loss_last_20"] < 0.5 * metrics["loss_first_20"]
+    first, last = metrics["loss_every_10_steps"][0], metrics["loss_every_10_steps"][-1]
+    assert last < 0.6 * first, metrics["loss_every_10_steps"]
     assert 0.0 <= metrics["exact_match"] <= 1.0
