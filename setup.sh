@@ -24,3 +24,7 @@ fi
 # A small demo index of held-out scenes for `fusionrt search` (README "Search"): 500 images, bounded (seconds).
 .venv/bin/fusionrt index demo runs/demo-scenes --scenes 500 -q
 .venv/bin/fusionrt index add runs/demo-scenes --index runs/demo-index -q
+# The caption model (README "Captioning"): export the shipped caption checkpoint with its KV cache (verified
+# against PyTorch on the B x P x S x M grid), then caption held-out scenes through it on ONNX Runtime.
+.venv/bin/fusionrt export -q --checkpoint fusionrt/assets/caption-small --out runs/caption-bundle
+.venv/bin/python scripts/check_caption_bundle.py runs/caption-bundle

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fusionrt.bundle.manifest import is_bundle
+from fusionrt.data.batch import detect_many
 from fusionrt.data.detector import detect_regions
 from fusionrt.data.images import load_image
 from fusionrt.data.tokenizer import QuestionEncoder
@@ -207,18 +208,9 @@ class Answerer:
 
     def _encode_images(self, images: list[Image]) -> tuple[np.ndarray, list[int]]:
         """Region features of every image, concatenated (one region-encoder call), and the count per image."""
-        crops, geometry, counts = [], [], []
-        for index, image in enumerate(images):
-            regions = detect_regions(load_image(image), max_regions=self.pipeline.max_visual_len)
-            if len(regions) == 0:
-                name = str(image) if isinstance(image, str | Path) else f"image array #{index}"
-                raise NoObjectsError(name, "at least one object on the background", "no object detected")
-            crops.append(regions.crops_float())
-            geometry.append(regions.geometry)
-            counts.append(len(regions))
+        crops, geometry, counts = detect_many(images, self.pipeline.max_visual_len)
+        offsets = np.concatenate([[0], np.cumsum(counts)])
         # One call per MAX_BATCH images: the region encoder accepts up to MAX_BATCH x max_visual_len crops.
-        feats = np.concatenate([
-            self.pipeline.encode_regions(np.concatenate(crops[a:a + MAX_BATCH]),
-                                         np.concatenate(geometry[a:a + MAX_BATCH]))
-            for a in range(0, len(images), MAX_BATCH)])
+        chunks = [slice(offsets[a], offsets[min(a + MAX_BATCH, len(images))]) for a in range(0, len(images), MAX_BATCH)]
+        feats = np.concatenate([self.pipeline.encode_regions(crops[c], geometry[c]) for c in chunks])
         return feats, counts

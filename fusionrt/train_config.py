@@ -56,3 +56,23 @@ class MatchTrainConfig:
     itm_weight: float = 1.0
     seed: int = 0
     threads: int = 1
+
+
+@dataclass
+class CaptionTrainConfig:
+    """What ``fusionrt train --task caption`` does; the defaults produce the shipped ``caption-small`` checkpoint.
+
+    The region encoder is the shipped VQA model's, frozen (its features already carry colour, shape, size and
+    position); only the decoder trains, on region features computed once.
+    """
+
+    train_scenes: int = 3000
+    heldout_scenes: int = 2000
+    steps: int = 300
+    batch_scenes: int = 64
+    learning_rate: float = 2e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    seed: int = 0
+    threads: int = 2
+    model_overrides: dict[str, Any] = field(default_factory=dict)

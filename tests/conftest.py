@@ -32,3 +32,10 @@ def tiny_bundle(tiny_model, tmp_path_factory):
 
     return export_onnx(tiny_model, tmp_path_factory.mktemp("tiny") / "bundle", vocab_size=50, visual_dim=12,
                        max_text_len=16, max_visual_len=8, max_batch=16)
+
+
+@pytest.fixture(scope="session")
+def caption_tokens():
+    from fusionrt.train_caption import caption_tokens as make
+
+    return make()

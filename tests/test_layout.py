@@ -17,7 +17,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("bundle", "data"),
     ("model", "train_config"),
     ("runtime",),
-    ("engine", "parity", "app", "train", "train_match", "search"),
+    ("engine", "parity", "app", "train", "train_match", "search", "caption", "train_caption"),
     ("calibration", "bench", "export", "report"),
     ("pipeline", "serve", "cli", "__main__"),
 )

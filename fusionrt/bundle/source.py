@@ -12,7 +12,8 @@ __all__ = ["CHECKPOINT_MODEL_FILES", "checkpoint_files_sha256", "directory_sha25
 
 
 # The files that define what a checkpoint computes; metrics and plots may be regenerated freely.
-CHECKPOINT_MODEL_FILES = ("config.json", "fusion.safetensors", "region_encoder.safetensors", "tokenizer.json",
+CHECKPOINT_MODEL_FILES = ("config.json", "fusion.safetensors", "caption.safetensors", "region_encoder.safetensors",
+                          "tokenizer.json",
                           "answers.json")
 
 

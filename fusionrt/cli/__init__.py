@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "fusionrt.cli.doctor", "fusionrt.cli.calibrate", "fusionrt.cli.quantize", "fusionrt.cli.build",
     "fusionrt.cli.triton", "fusionrt.cli.serve", "fusionrt.cli.tune", "fusionrt.cli.bench", "fusionrt.cli.pipeline",
     "fusionrt.cli.index", "fusionrt.cli.search", "fusionrt.cli.match",
+    "fusionrt.cli.caption",
 )
 
 

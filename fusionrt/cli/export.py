@@ -13,6 +13,7 @@ from fusionrt.cli.model_args import add_dim_arguments, add_model_argument, dims_
 from fusionrt.cli.output import add_json_option, check_output, write_json
 from fusionrt.errors import InputError
 from fusionrt.export import export_checkpoint, export_onnx
+from fusionrt.export.caption import CAPTION_TASK, export_caption
 from fusionrt.export.match import MATCH_TASK, export_match_checkpoint
 from fusionrt.progress import progress_for
 
@@ -23,9 +24,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the shipped model)")
     add_model_argument(parser)
     parser.add_argument("--out", required=True, help="bundle directory to write (replaced if it is a bundle)")
+    parser.add_argument("--task", default="auto", choices=("auto", "vqa", CAPTION_TASK, MATCH_TASK),
+                        help="what the checkpoint does (default: read from its config.json)")
     parser.add_argument("--max-batch", type=arguments.POSITIVE, default=None,
                         help="largest batch the graphs accept (default 64; 256 for a match checkpoint, whose "
-                             "re-rank scores many images per query)")
+                             "re-rank scores many images per query; 16 images for a caption bundle)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     parser.add_argument("--exporter", default="auto", choices=("auto", "legacy", "dynamo"),
                         help="torch.onnx exporter; auto tries the faster (legacy) first, then dynamo")
@@ -37,24 +40,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
-def checkpoint_task(path: Path) -> str | None:
-    """The task a checkpoint's config.json records (a scene-world VQA checkpoint records none)."""
+def checkpoint_task(checkpoint: str | None) -> str:
+    """The task a checkpoint's config.json records ("vqa" when it records none), read without torch."""
     try:
-        return json.loads((path / "config.json").read_text()).get("task")
+        recorded = json.loads((Path(checkpoint) / "config.json").read_text()).get("task") if checkpoint else None
     except (OSError, ValueError, AttributeError):
-        return None  # export_checkpoint reports what is wrong with it
+        recorded = None  # the export itself reports an unreadable checkpoint
+    return recorded if isinstance(recorded, str) else "vqa"
 
 
 def run(args: argparse.Namespace) -> int:
     check_output("--out", args.out, directory=True)
     progress = progress_for(args.quiet)
     options = {"opset": args.opset, "exporter": args.exporter, "atol": args.atol, "progress": progress}
+    task = checkpoint_task(args.checkpoint) if args.task == "auto" else args.task
     if args.model is not None:
         if args.checkpoint is not None:
             raise InputError("--checkpoint", "either --checkpoint or --model", "both")
         path = export_onnx(args.model, args.out, max_batch=args.max_batch or 64, **dims_from(args), **options)
-    elif args.checkpoint is not None and checkpoint_task(Path(args.checkpoint)) == MATCH_TASK:
+    elif task == MATCH_TASK:
         path = export_match_checkpoint(args.checkpoint, args.out, max_batch=args.max_batch or 256, **options)
+    elif task == CAPTION_TASK:
+        options["exporter"] = "legacy" if args.exporter == "auto" else args.exporter
+        path = export_caption(args.checkpoint, args.out, max_batch=args.max_batch or 16, **options)
     else:
         path = export_checkpoint(args.checkpoint, args.out, max_batch=args.max_batch or 64, **options)
     manifest = Bundle.open(path).manifest

@@ -14,6 +14,7 @@ from fusionrt.cli.output import STDOUT, add_json_option, write_json
 from fusionrt.errors import InputError
 from fusionrt.io import atomic_write_json, json_safe
 from fusionrt.parity import gates_for, run_parity
+from fusionrt.parity.caption import caption_parity, format_caption_parity
 from fusionrt.parity.gates import EVERY_OUTPUT, PRECISIONS
 from fusionrt.parity.heldout import FeedHeldout
 from fusionrt.progress import progress_for
@@ -97,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
         return {k: v for k, v in (("checkpoint", args.checkpoint), ("model", args.model)) if v}
 
     bundle = Bundle.open(args.bundle)
+    if bundle.task == "caption":
+        return run_caption(args, bundle)
     overrides = overrides_from(args)
     check_output_names(overrides, {t.name for graph in bundle.graphs.values() for t in graph.outputs})
     gates = gates_for(bundle, args.candidate_precision, overrides)
@@ -116,3 +119,18 @@ def run(args: argparse.Namespace) -> int:
             atomic_write_json(args.json, json_safe(report.to_dict()))
             print(f"wrote {args.json}")
     return 0 if report.passed else EXIT_TOLERANCE_EXCEEDED
+
+
+def run_caption(args: argparse.Namespace, bundle: Bundle) -> int:
+    """A caption bundle: runtime greedy generation vs PyTorch on held-out scenes (fusionrt.parity.caption)."""
+    if args.scenes < 1:
+        raise InputError("--scenes", "at least 1 held-out scene for a caption bundle", str(args.scenes))
+    given = per_output("--atol", args.atol).get(EVERY_OUTPUT) if args.atol else None
+    atol = float(given) if given is not None else None
+    report = caption_parity(bundle, scenes=args.scenes, precision=args.candidate_precision,
+                            checkpoint=args.checkpoint, max_abs=atol, progress=progress_for(args.quiet))
+    print(format_caption_parity(report))
+    if args.json:
+        atomic_write_json(args.json, json_safe(report))
+        print(f"wrote {args.json}")
+    return 0 if report["passed"] else EXIT_TOLERANCE_EXCEEDED

@@ -8,6 +8,7 @@ import numpy as np
 
 from fusionrt.cli import arguments
 from fusionrt.cli.output import check_output
+from fusionrt.data.captions import caption_text
 from fusionrt.data.questions import questions_for
 from fusionrt.data.world import generate_scene, render
 from fusionrt.io import atomic_path
@@ -30,4 +31,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}: {len(scene.objects)} objects (seed {args.seed})")
     for question in questions_for(scene, np.random.default_rng(args.seed)):
         print(f'  fusionrt ask {args.out} "{question.text}"   # expected: {question.answer}')
+    print(f"  fusionrt caption {args.out}   # expected: {caption_text(scene).replace(' ,', ',')}")
     return 0

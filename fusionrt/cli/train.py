@@ -13,7 +13,7 @@ from dataclasses import fields
 from fusionrt.cli import arguments
 from fusionrt.cli.output import check_output
 from fusionrt.errors import InputError
-from fusionrt.train_config import MatchTrainConfig, TrainConfig
+from fusionrt.train_config import CaptionTrainConfig, MatchTrainConfig, TrainConfig
 
 _ARG_TYPES = {"int": arguments.POSITIVE, "float": arguments.real(0, above=True), "str": str}
 # Fields that may be 0 (no warmup, no relational questions, no time bound) or any seed.
@@ -21,14 +21,15 @@ _FIELD_TYPES = {"seed": arguments.SEED, "warmup_steps": arguments.NON_NEGATIVE,
                 "left_of_per_scene": arguments.NON_NEGATIVE, "weight_decay": arguments.real(0),
                 "attribute_loss_weight": arguments.real(0), "grounding_loss_weight": arguments.real(0),
                 "time_budget_s": arguments.real(0)}
-_CONFIGS = {"vqa": TrainConfig, "match": MatchTrainConfig}
+_CONFIGS = {"vqa": TrainConfig, "match": MatchTrainConfig, "caption": CaptionTrainConfig}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help="train the model on the scene world (CPU)")
     parser.add_argument("--out", required=True, help="checkpoint directory to write")
     parser.add_argument("--task", choices=sorted(_CONFIGS), default="vqa",
-                        help="vqa: question answering (default); match: image-text matching and search")
+                        help="vqa: question answering (default); match: image-text matching and search; "
+                             "caption: the caption decoder")
     seen: dict[str, list[str]] = {}
     for task, config in _CONFIGS.items():
         for field in fields(config):
@@ -56,6 +57,11 @@ def run(args: argparse.Namespace) -> int:
 
         metrics = train_match(config, args.out)
         keys = [k for k in metrics if k not in ("train_config", "loss_every_10_steps")]
+    elif args.task == "caption":
+        from fusionrt.train_caption import train_caption
+
+        metrics = train_caption(config, args.out)
+        keys = ["exact_match", "heldout_scenes", "train_seconds", "total_seconds", "parameters"]
     else:
         from fusionrt.train import train
 

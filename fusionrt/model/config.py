@@ -46,11 +46,16 @@ class FusionConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FusionConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"model config: unknown keys {unknown}; known keys are {sorted(known)}")
-        return cls(**data)
+        return config_from_dict(cls, data, "model config")
+
+
+def config_from_dict(cls: Any, data: dict[str, Any], what: str) -> Any:
+    """``cls(**data)`` for a config dataclass, refusing keys it does not have (naming them and the known ones)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{what}: unknown keys {unknown}; known keys are {sorted(known)}")
+    return cls(**data)
 
 
 PRESETS: dict[str, FusionConfig] = {

@@ -1,0 +1,68 @@
+"""Caption checkpoints: ``config.json`` (format, task "caption", decoder and region-encoder configs),
+``caption.safetensors``, ``region_encoder.safetensors``, ``tokenizer.json`` and, after training,
+``metrics.json``. Every file is written atomically; nothing is unpickled."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fusionrt.data.captions import MAX_CAPTION_TOKENS
+from fusionrt.data.tokenizer import QuestionEncoder
+from fusionrt.errors import CheckpointError
+from fusionrt.io import atomic_write_bytes, atomic_write_json
+from fusionrt.model.caption import CaptionConfig, CaptionDecoder
+from fusionrt.model.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, _load_weights, read_config, save_weights
+from fusionrt.model.region_encoder import RegionEncoder, RegionEncoderConfig
+
+CAPTION_TASK = "caption"
+SHIPPED_CAPTION_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "caption-small"
+
+
+@dataclass
+class CaptionCheckpoint:
+    decoder: CaptionDecoder
+    region_encoder: RegionEncoder
+    tokens: QuestionEncoder
+    path: Path | None = None
+
+
+def is_caption_checkpoint(path: str | Path) -> bool:
+    try:
+        return read_config(path).get("task") == CAPTION_TASK
+    except CheckpointError:
+        return False
+
+
+def load_caption_checkpoint(path: str | Path = SHIPPED_CAPTION_CHECKPOINT) -> CaptionCheckpoint:
+    """Decoder, region encoder and tokenizer of a caption checkpoint directory, in eval mode."""
+    path = Path(path)
+    config = read_config(path)
+    if config.get("task") != CAPTION_TASK:
+        raise CheckpointError(f"config.json: expected task {CAPTION_TASK!r}, received {config.get('task')!r}")
+    try:
+        decoder = CaptionDecoder(CaptionConfig.from_dict(config["model"]))
+        region_encoder = RegionEncoder(RegionEncoderConfig(**config.get("region_encoder", {})))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"config.json: expected valid 'model' and 'region_encoder' sections, received {exc}") \
+            from exc
+    _load_weights(decoder, path / "caption.safetensors")
+    _load_weights(region_encoder, path / "region_encoder.safetensors")
+    tokens = QuestionEncoder.from_file(path / "tokenizer.json", MAX_CAPTION_TOKENS)
+    return CaptionCheckpoint(decoder.eval(), region_encoder.eval(), tokens, path)
+
+
+def save_caption_checkpoint(checkpoint: CaptionCheckpoint, path: str | Path,
+                            metrics: dict[str, Any] | None = None) -> Path:
+    path = save_weights(path, {"caption": checkpoint.decoder, "region_encoder": checkpoint.region_encoder})
+    atomic_write_bytes(path / "tokenizer.json", checkpoint.tokens.tokenizer.to_str().encode())
+    atomic_write_json(path / "config.json", {
+        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "task": CAPTION_TASK,
+        "model": checkpoint.decoder.config.to_dict(),
+        "region_encoder": {"cnn_dim": checkpoint.region_encoder.config.cnn_dim,
+                           "channels": checkpoint.region_encoder.config.channels},
+    })
+    if metrics is not None:
+        atomic_write_json(path / "metrics.json", metrics)
+    return path

@@ -1,0 +1,138 @@
+"""Parity of a caption bundle on held-out scenes: runtime greedy generation (KV cache, the bundle's graphs)
+against the PyTorch original (greedy, full recompute at every step).
+
+Per scene: whether the token sequences are identical and, if not, the first divergent step. Per step: the
+largest logit error, measured with the runtime teacher-forced along PyTorch's tokens (so every step compares
+the same prefix even after a divergence). Also exact match against the grammar's captions and sacrebleu BLEU
+of each side. Gates: token-identical on at least ``min_identical`` of the scenes and, at fp32, logits within
+``max_abs`` at every step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fusionrt.bundle.manifest import Bundle, sha256_file
+from fusionrt.caption.captioner import Captioner
+from fusionrt.caption.generate import greedy
+from fusionrt.data.captions import caption_text
+from fusionrt.data.world import generate_scene, render, split_seeds
+from fusionrt.errors import BundleError
+from fusionrt.progress import SILENT, Progress
+
+MIN_IDENTICAL = 0.995
+BUDGET_POINTS = 1.0  # exact match and BLEU, against fp32 PyTorch
+FP32_MAX_ABS = 1e-4
+BATCH = 16
+
+
+def _source_checkpoint(bundle: Bundle, checkpoint: str | Path | None) -> Path:
+    source = bundle.manifest.get("source", {})
+    path = Path(checkpoint if checkpoint is not None else source.get("path", ""))
+    if checkpoint is None and not path.is_absolute() and not path.exists():
+        path = Path(__file__).resolve().parents[2] / path  # a packaged bundle records a repository path
+    for name, digest in source.get("files", {}).items():
+        if not (path / name).is_file() or sha256_file(path / name) != digest:
+            raise BundleError("source checkpoint", f"{name} with the sha256 recorded at export in {path} "
+                              "(pass --checkpoint DIR if it moved)", "a missing or different file")
+    return path
+
+
+def bleu(hypotheses: list[str], references: list[str]) -> float | None:
+    """Corpus BLEU with sacrebleu (None when it is not installed: pip install 'fusionrt[caption]')."""
+    try:
+        import sacrebleu
+    except ImportError:
+        return None
+    return float(sacrebleu.corpus_bleu(hypotheses, [references]).score)
+
+
+def caption_parity(bundle: Bundle, *, scenes: int = 200, precision: str = "fp32", checkpoint: str | Path | None = None,
+                   min_identical: float = MIN_IDENTICAL, max_abs: float | None = None,
+                   progress: Progress = SILENT) -> dict[str, Any]:
+    """The report (see the module docstring); ``report["passed"]`` says whether every gate held."""
+    import torch
+
+    from fusionrt.model.caption_checkpoint import load_caption_checkpoint
+    from fusionrt.model.caption_decode import greedy_torch
+
+    max_abs = FP32_MAX_ABS if max_abs is None and precision == "fp32" else max_abs
+    decoder = load_caption_checkpoint(_source_checkpoint(bundle, checkpoint)).decoder
+    captioner = Captioner(bundle.path, precision)
+    world = [generate_scene(seed) for seed in split_seeds("heldout", scenes)]
+    truth = [caption_text(s).replace(" ,", ",") for s in world]
+    identical, first_divergent, runtime_text, torch_text = [], [], [], []
+    step_error: list[float] = []
+    for start in progress.iterate(range(0, scenes, BATCH), "caption parity", unit="batch"):
+        images = [render(s) for s in world[start:start + BATCH]]
+        visual, mask = captioner.visual_inputs(images)
+        reference, logits = greedy_torch(decoder, torch.from_numpy(visual), torch.from_numpy(mask),
+                                         return_logits=True, use_cache=False)
+        candidate = greedy(captioner.stepper, visual, mask, bos=captioner.bos, eos=captioner.eos,
+                           max_new_tokens=captioner.max_new_tokens)
+        for ref, cand in zip(reference, candidate, strict=True):
+            identical.append(ref == cand)
+            first_divergent.append(None if ref == cand else
+                                   next((i for i, (a, b) in enumerate(zip(ref, cand, strict=False)) if a != b),
+                                        min(len(ref), len(cand))))
+            runtime_text.append(captioner.decode(cand))
+            torch_text.append(captioner.decode(ref))
+        captioner.stepper.start(visual, mask)
+        ids = np.full((len(images), 1), captioner.bos, dtype=np.int64)
+        for step, expected in enumerate(logits):
+            live = np.array([len(r) > step for r in reference])
+            got = captioner.stepper.step(ids)[:, -1]
+            error = float(np.abs(got - expected.numpy())[live].max())
+            step_error += [0.0] * (step + 1 - len(step_error))
+            step_error[step] = max(step_error[step], error)
+            ids = expected.numpy().argmax(-1)[:, None].astype(np.int64)
+    fraction = float(np.mean(identical))
+    worst = max(step_error) if step_error else 0.0
+    exact = {"candidate": float(np.mean([a == b for a, b in zip(runtime_text, truth, strict=True)])),
+             "reference": float(np.mean([a == b for a, b in zip(torch_text, truth, strict=True)]))}
+    scores = {"candidate": bleu(runtime_text, truth), "reference": bleu(torch_text, truth)}
+    if precision == "fp32":
+        gates = {"token_identical": {"value": fraction, "min": min_identical, "passed": fraction >= min_identical}}
+    else:  # a reduced precision may change tokens; its budget is in caption terms
+        drop = 100 * (exact["reference"] - exact["candidate"])
+        gates = {"exact_match_drop_points": {"value": drop, "max": BUDGET_POINTS, "passed": drop <= BUDGET_POINTS}}
+        if scores["candidate"] is not None:
+            bleu_drop = scores["reference"] - scores["candidate"]
+            gates["bleu_drop_points"] = {"value": bleu_drop, "max": BUDGET_POINTS,
+                                         "passed": bleu_drop <= BUDGET_POINTS}
+    if max_abs is not None:
+        gates["logits_max_abs"] = {"value": worst, "max": max_abs, "passed": worst <= max_abs}
+    return {
+        "task": "caption", "precision": precision, "scenes": scenes, "reference": "torch fp32 (greedy, recompute)",
+        "candidate": f"onnxruntime {precision} (greedy, KV cache)",
+        "token_identical": fraction,
+        "divergent_scenes": [{"seed": int(s.seed), "first_divergent_step": d}
+                             for s, d in zip(world, first_divergent, strict=True) if d is not None],
+        "per_step_logits_max_abs": step_error,
+        "exact_match": exact, "bleu": scores,
+        "gates": gates, "passed": all(g["passed"] for g in gates.values()),
+    }
+
+
+def format_caption_parity(report: dict[str, Any]) -> str:
+    lines = [f"caption parity on {report['scenes']} held-out scenes ({report['precision']}): "
+             f"{report['candidate']} vs {report['reference']}",
+             f"  token-identical greedy captions: {100 * report['token_identical']:.2f}%",
+             f"  exact match: candidate {100 * report['exact_match']['candidate']:.2f}%, reference "
+             f"{100 * report['exact_match']['reference']:.2f}%"]
+    if report["bleu"]["candidate"] is not None:
+        scores = report["bleu"]
+        lines.append(f"  BLEU: candidate {scores['candidate']:.2f}, reference {scores['reference']:.2f}")
+    errors = report["per_step_logits_max_abs"]
+    if errors:
+        lines.append(f"  logits max abs per step: worst {max(errors):.2e} at step {int(np.argmax(errors))}, "
+                     f"first {errors[0]:.2e}, last {errors[-1]:.2e}")
+    for divergent in report["divergent_scenes"][:5]:
+        lines.append(f"  seed {divergent['seed']}: first divergent step {divergent['first_divergent_step']}")
+    for name, gate in report["gates"].items():
+        bound = f">= {gate['min']}" if "min" in gate else f"<= {gate['max']}"
+        lines.append(f"  gate {name}: {gate['value']:.6g} {bound} {'passed' if gate['passed'] else 'FAILED'}")
+    return "\n".join(lines)
