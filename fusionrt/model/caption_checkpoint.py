@@ -11,9 +11,8 @@ from typing import Any
 from fusionrt.data.captions import MAX_CAPTION_TOKENS
 from fusionrt.data.tokenizer import QuestionEncoder
 from fusionrt.errors import CheckpointError
-from fusionrt.io import atomic_write_bytes, atomic_write_json
 from fusionrt.model.caption import CaptionConfig, CaptionDecoder
-from fusionrt.model.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, _load_weights, read_config, save_weights
+from fusionrt.model.checkpoint import _load_weights, read_config, region_encoder_section, write_checkpoint
 from fusionrt.model.region_encoder import RegionEncoder, RegionEncoderConfig
 
 CAPTION_TASK = "caption"
@@ -55,14 +54,7 @@ def load_caption_checkpoint(path: str | Path = SHIPPED_CAPTION_CHECKPOINT) -> Ca
 
 def save_caption_checkpoint(checkpoint: CaptionCheckpoint, path: str | Path,
                             metrics: dict[str, Any] | None = None) -> Path:
-    path = save_weights(path, {"caption": checkpoint.decoder, "region_encoder": checkpoint.region_encoder})
-    atomic_write_bytes(path / "tokenizer.json", checkpoint.tokens.tokenizer.to_str().encode())
-    atomic_write_json(path / "config.json", {
-        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "task": CAPTION_TASK,
-        "model": checkpoint.decoder.config.to_dict(),
-        "region_encoder": {"cnn_dim": checkpoint.region_encoder.config.cnn_dim,
-                           "channels": checkpoint.region_encoder.config.channels},
-    })
-    if metrics is not None:
-        atomic_write_json(path / "metrics.json", metrics)
-    return path
+    return write_checkpoint(path, {"caption": checkpoint.decoder, "region_encoder": checkpoint.region_encoder},
+                            checkpoint.tokens.tokenizer,
+                            {"task": CAPTION_TASK, "model": checkpoint.decoder.config.to_dict(),
+                             "region_encoder": region_encoder_section(checkpoint.region_encoder)}, metrics)

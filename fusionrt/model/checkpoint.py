@@ -113,18 +113,30 @@ def save_weights(path: str | Path, modules: dict[str, nn.Module]) -> Path:
     return path
 
 
-def save_checkpoint(checkpoint: Checkpoint, path: str | Path, metrics: dict[str, Any] | None = None) -> Path:
-    """Write a checkpoint directory (each file atomically)."""
-    path = save_weights(path, {"fusion": checkpoint.fusion, "region_encoder": checkpoint.region_encoder})
-    atomic_write_bytes(path / "tokenizer.json", checkpoint.questions.tokenizer.to_str().encode())
-    atomic_write_json(path / "answers.json", list(checkpoint.answers))
-    atomic_write_json(path / "config.json", {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "model": checkpoint.fusion.config.to_dict(),
-        "region_encoder": {"cnn_dim": checkpoint.region_encoder.config.cnn_dim,
-                           "channels": checkpoint.region_encoder.config.channels},
-    })
+def region_encoder_section(region_encoder: RegionEncoder) -> dict[str, int]:
+    """What ``config.json`` records of a region encoder (its feature width follows from the model section)."""
+    return {"cnn_dim": region_encoder.config.cnn_dim, "channels": region_encoder.config.channels}
+
+
+def write_checkpoint(path: str | Path, modules: dict[str, nn.Module], tokenizer: Any, config: dict[str, Any],
+                     metrics: dict[str, Any] | None = None, json_files: dict[str, Any] | None = None) -> Path:
+    """A checkpoint directory of any task, each file atomically: ``NAME.safetensors`` per module,
+    ``tokenizer.json``, ``json_files`` (name -> content), ``config.json`` (format and version first, then
+    ``config``) and ``metrics.json``."""
+    path = save_weights(path, modules)
+    atomic_write_bytes(path / "tokenizer.json", tokenizer.to_str().encode())
+    for name, content in (json_files or {}).items():
+        atomic_write_json(path / name, content)
+    atomic_write_json(path / "config.json", {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **config})
     if metrics is not None:
         atomic_write_json(path / "metrics.json", metrics)
     return path
+
+
+def save_checkpoint(checkpoint: Checkpoint, path: str | Path, metrics: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint directory (each file atomically)."""
+    return write_checkpoint(path, {"fusion": checkpoint.fusion, "region_encoder": checkpoint.region_encoder},
+                            checkpoint.questions.tokenizer,
+                            {"model": checkpoint.fusion.config.to_dict(),
+                             "region_encoder": region_encoder_section(checkpoint.region_encoder)},
+                            metrics, {"answers.json": list(checkpoint.answers)})

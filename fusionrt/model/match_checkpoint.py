@@ -9,8 +9,7 @@ from typing import Any
 
 from fusionrt.data.tokenizer import QuestionEncoder
 from fusionrt.errors import CheckpointError
-from fusionrt.io import atomic_write_bytes, atomic_write_json
-from fusionrt.model.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, _load_weights, read_config, save_weights
+from fusionrt.model.checkpoint import _load_weights, read_config, region_encoder_section, write_checkpoint
 from fusionrt.model.config import FusionConfig
 from fusionrt.model.match import MatchHeadConfig, MatchModel
 from fusionrt.model.region_encoder import RegionEncoder, RegionEncoderConfig
@@ -50,14 +49,8 @@ def load_match_checkpoint(path: str | Path = SHIPPED_MATCH_CHECKPOINT) -> MatchC
 def save_match_checkpoint(checkpoint: MatchCheckpoint, path: str | Path,
                           metrics: dict[str, Any] | None = None) -> Path:
     """Write a matching checkpoint directory, each file atomically."""
-    path = save_weights(path, {"match": checkpoint.model, "region_encoder": checkpoint.region_encoder})
-    atomic_write_bytes(path / "tokenizer.json", checkpoint.queries.tokenizer.to_str().encode())
-    atomic_write_json(path / "config.json", {
-        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "task": MATCH_TASK,
-        "model": checkpoint.model.config.to_dict(), "heads": asdict(checkpoint.model.heads),
-        "region_encoder": {"cnn_dim": checkpoint.region_encoder.config.cnn_dim,
-                           "channels": checkpoint.region_encoder.config.channels},
-    })
-    if metrics is not None:
-        atomic_write_json(path / "metrics.json", metrics)
-    return path
+    return write_checkpoint(path, {"match": checkpoint.model, "region_encoder": checkpoint.region_encoder},
+                            checkpoint.queries.tokenizer,
+                            {"task": MATCH_TASK, "model": checkpoint.model.config.to_dict(),
+                             "heads": asdict(checkpoint.model.heads),
+                             "region_encoder": region_encoder_section(checkpoint.region_encoder)}, metrics)
