@@ -7,12 +7,10 @@ batcher merges requests of different T and M into one execution.
 """
 
 import contextlib
-import io
 import os
 import shutil
 import signal
 import subprocess
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,8 +20,15 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from hardening_support import png_bomb
-from PIL import Image
-from triton_support import ROOT, serving_python, shipped_bundle
+from triton_support import (
+    ROOT,
+    assert_clean_client_error,
+    left_behind,
+    png,
+    serving_python,
+    shipped_bundle,
+    start_server,
+)
 from tritonclient.utils import InferenceServerException
 
 from fusionrt.app import Answerer
@@ -32,44 +37,10 @@ from fusionrt.data.world import generate_scene, render, split_seeds
 from fusionrt.parity.grid import fusion_feed
 from fusionrt.runtime import Session
 from fusionrt.serve import RepositoryOptions, write_repository
-from fusionrt.serve.server import READY_FORMAT
 
 pytestmark = pytest.mark.slow
 MAX_BATCH = 8
 CLIENTS = {"http": httpclient, "grpc": grpcclient}
-
-
-def start_server(repo: Path, python: Path) -> tuple[subprocess.Popen, dict]:
-    """``fusionrt serve REPO`` in the serving venv; returns the launcher and its parsed ready line."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([str(python), "-m", "fusionrt", "serve", str(repo)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=env)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.append(process.stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(240)
-    if not lines or not lines[0].startswith("ready:"):
-        process.kill()
-        raise AssertionError(f"server did not start: {lines} {process.stderr.read()[-3000:]}")
-    words = lines[0].split()
-    info = {"http": words[2], "grpc": words[4], "pid": int(words[6]), "prefix": words[8]}
-    assert lines[0].strip() == READY_FORMAT.format(http=info["http"].split(":")[1], grpc=info["grpc"].split(":")[1],
-                                                   pid=info["pid"], prefix=info["prefix"])
-    return process, info
-
-
-def left_behind(info: dict) -> list[str]:
-    """Processes of the server's process group and /dev/shm segments of its prefix that still exist."""
-    found = [f"shm {p.name}" for p in Path("/dev/shm").glob(f"{info['prefix']}*")]
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                pgid = os.getpgid(int(proc.name))
-            except (ProcessLookupError, PermissionError):
-                continue
-            if pgid == info["pid"]:
-                found.append(f"process {proc.name}: {(proc / 'cmdline').read_bytes()[:120]!r}")
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -89,12 +60,6 @@ def served(bundle, tmp_path_factory):
         process.wait(60)
     process.stdout.close()
     process.stderr.close()
-
-
-def png(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def ask(served, protocol: str, images: list[bytes], questions: list[str], outputs=("answer", "probability",
@@ -177,13 +142,6 @@ BAD_FUSION = {
     # Finite, but past what the graph carries: an error, never HTTP 200 with NaN logits.
     "non-finite outputs": ({**_good_feed(), "visual_feats": np.full((1, 2, 69), 3e38, np.float32)}, "non-finite"),
 }
-
-
-def assert_clean_client_error(caught: InferenceServerException, expected: str) -> None:
-    message = str(caught)
-    assert expected in message
-    assert "Traceback" not in message and ".py" not in message and str(ROOT) not in message
-    assert str(caught.status()) in ("400", "StatusCode.INVALID_ARGUMENT"), caught.status()
 
 
 @pytest.mark.parametrize("case", sorted(BAD_FUSION))

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
+
+from fusionrt.serve.server import READY_FORMAT
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,3 +47,49 @@ def run_fusionrt(*args: str, python: str | Path = sys.executable, **kwargs) -> s
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([str(python), "-m", "fusionrt", *args], capture_output=True, text=True, env=env,
                           timeout=300, **kwargs)
+
+
+def start_server(repo: Path, python: Path) -> tuple[subprocess.Popen, dict]:
+    """``fusionrt serve REPO`` in the serving venv; returns the launcher and its parsed ready line."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([str(python), "-m", "fusionrt", "serve", str(repo)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.append(process.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(240)
+    if not lines or not lines[0].startswith("ready:"):
+        process.kill()
+        raise AssertionError(f"server did not start: {lines} {process.stderr.read()[-3000:]}")
+    words = lines[0].split()
+    info = {"http": words[2], "grpc": words[4], "pid": int(words[6]), "prefix": words[8]}
+    assert lines[0].strip() == READY_FORMAT.format(http=info["http"].split(":")[1], grpc=info["grpc"].split(":")[1],
+                                                   pid=info["pid"], prefix=info["prefix"])
+    return process, info
+
+
+def left_behind(info: dict) -> list[str]:
+    """Processes of the server's process group and /dev/shm segments of its prefix that still exist."""
+    found = [f"shm {p.name}" for p in Path("/dev/shm").glob(f"{info['prefix']}*")]
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                pgid = os.getpgid(int(proc.name))
+            except (ProcessLookupError, PermissionError):
+                continue
+            if pgid == info["pid"]:
+                found.append(f"process {proc.name}: {(proc / 'cmdline').read_bytes()[:120]!r}")
+    return found
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def assert_clean_client_error(caught: Exception, expected: str) -> None:
+    message = str(caught)
+    assert expected in message
+    assert "Traceback" not in message and ".py" not in message and str(ROOT) not in message
+    assert str(caught.status()) in ("400", "StatusCode.INVALID_ARGUMENT"), caught.status()

@@ -1,4 +1,4 @@
-"""``fusionrt triton BUNDLE --out REPO``: write a Triton model repository (fusion, region_encoder, answer)."""
+"""``fusionrt triton BUNDLE --out REPO``: a Triton model repository (answer, caption or embed_text + match)."""
 
 from __future__ import annotations
 
@@ -40,5 +40,6 @@ def run(args: argparse.Namespace) -> int:
         queue_delay_us=None if args.queue_delay_us < 0 else args.queue_delay_us, plan=args.plan,
         answer_calls=args.answer_calls)
     out = write_repository(args.bundle, args.out, options, progress=progress_for(args.quiet))
-    print(f"wrote {out}: models fusion ({options.backend}), region_encoder, answer")
+    models = sorted(p.parent.name for p in out.glob("*/config.pbtxt"))
+    print(f"wrote {out}: models {', '.join(models)} (graph models: {options.backend} backend)")
     return 0

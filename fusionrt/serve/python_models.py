@@ -137,6 +137,21 @@ def _pad_concat(arrays: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+def bls_call(pb: Any, model: str, feed: dict[str, np.ndarray], output: str) -> np.ndarray:
+    """``output`` of one request to another model of the same server (Triton's business logic scripting)."""
+    request = pb.InferenceRequest(model_name=model, requested_output_names=[output],
+                                  inputs=[pb.Tensor(name, value) for name, value in feed.items()])
+    response = request.exec()
+    if response.has_error():
+        error = response.error()
+        invalid = getattr(pb.TritonError, "INVALID_ARG", None)
+        if invalid is not None and hasattr(error, "code") and error.code() == invalid:
+            # The called model refused this request (e.g. non-finite outputs): the client's error, typed.
+            raise InputError(f"model {model!r}", "a request it accepts", error.message())
+        raise RuntimeError(f"model {model!r}: {error.message()}")
+    return pb.get_output_tensor_by_name(response, output).as_numpy()
+
+
 class _TritonPipeline:
     """The Answerer's two graphs called through Triton (BLS): the ``region_encoder`` and ``fusion`` models."""
 
@@ -144,20 +159,7 @@ class _TritonPipeline:
         self.pb = pb
 
     def _call(self, model: str, feed: dict[str, np.ndarray], output: str) -> np.ndarray:
-        pb = self.pb
-        request = pb.InferenceRequest(model_name=model, requested_output_names=[output],
-                                      inputs=[pb.Tensor(name, value) for name, value in feed.items()])
-        response = request.exec()
-        if response.has_error():
-            error = response.error()
-            invalid = getattr(pb.TritonError, "INVALID_ARG", None)
-            if invalid is not None and hasattr(error, "code") and error.code() == invalid:
-                # The called model refused this request (e.g. non-finite outputs): the client's error, typed.
-                from fusionrt.errors import InputError
-
-                raise InputError(f"model {model!r}", "a request it accepts", error.message())
-            raise RuntimeError(f"model {model!r}: {error.message()}")
-        return pb.get_output_tensor_by_name(response, output).as_numpy()
+        return bls_call(self.pb, model, feed, output)
 
     def encode_regions(self, crops: np.ndarray, geometry: np.ndarray) -> np.ndarray:
         return self._call("region_encoder", {"crops": crops, "geometry": geometry}, "feats")
