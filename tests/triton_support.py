@@ -90,6 +90,6 @@ def png(pixels: np.ndarray) -> bytes:
 
 def assert_clean_client_error(caught: Exception, expected: str) -> None:
     message = str(caught)
-    assert expected in message
+    assert expected in message, message
     assert "Traceback" not in message and ".py" not in message and str(ROOT) not in message
     assert str(caught.status()) in ("400", "StatusCode.INVALID_ARGUMENT"), caught.status()
