@@ -6,6 +6,7 @@ states ranges; :meth:`ShapeProfile.input_shapes` turns it into per-input shapes 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,8 +40,32 @@ class ShapeProfile:
 
 
 def default_profile(graph: GraphSpec) -> ShapeProfile:
-    """One profile spanning the manifest's ranges, tuned for its ``opt`` sizes."""
-    return ShapeProfile({s: (r.min, r.opt, r.max) for s, r in graph.dims.items()})
+    """One profile spanning the manifest's ranges, tuned for its ``opt`` sizes. Only the inputs' dims: an
+    output's own dim (a step graph's present length K = P + S) follows from them and is no profile setting."""
+    used = {d for t in graph.inputs for d in t.shape if isinstance(d, str)}
+    return ShapeProfile({s: (r.min, r.opt, r.max) for s, r in graph.dims.items() if s in used})
+
+
+# A decoder step graph (caption export): past length P and new tokens S. Decoding runs S=1 at every P from 0 to
+# the cap, so its default profiles are S=1 buckets over P (kernels tuned near each bucket's middle instead of
+# once for all lengths), then the manifest's full range for prompts (S>1) and anything else it allows.
+PAST, NEW = "P", "S"
+DECODE_BUCKETS = 3
+
+
+def default_profiles(graph: GraphSpec) -> list[ShapeProfile]:
+    """The profiles ``fusionrt build`` gives ``graph`` without ``--profiles``: the manifest's single range, or for
+    a step graph (dims P and S) :data:`DECODE_BUCKETS` decode profiles (S=1, P split into equal buckets) first,
+    then the full range."""
+    full = default_profile(graph)
+    if PAST not in graph.dims or NEW not in graph.dims or graph.dims[NEW].min > 1:
+        return [full]
+    past = graph.dims[PAST]
+    count = min(DECODE_BUCKETS, past.max - past.min + 1)
+    edges = [past.min + (past.max - past.min + 1) * i // count for i in range(count + 1)]
+    buckets = [ShapeProfile({**full.dims, NEW: (1, 1, 1), PAST: (lo, (lo + end - 1) // 2, end - 1)})
+               for lo, end in itertools.pairwise(edges)]
+    return [*buckets, full]
 
 
 def parse_spec(text: str) -> dict[str, tuple[int, int, int]]:
@@ -62,7 +87,7 @@ def parse_spec(text: str) -> dict[str, tuple[int, int, int]]:
 
 def profiles_for(graph: GraphSpec, specs: Sequence[Mapping[str, tuple[int, int, int]]] = ()) -> list[ShapeProfile]:
     """The profiles of ``graph``: one per spec that names any of its dims (the rest from the manifest), or
-    the manifest's single profile. A spec outside the manifest's range is refused."""
+    :func:`default_profiles`. A spec outside the manifest's range is refused."""
     base = default_profile(graph)
     profiles = []
     for spec in specs:
@@ -76,7 +101,7 @@ def profiles_for(graph: GraphSpec, specs: Sequence[Mapping[str, tuple[int, int, 
                                  f"min <= opt <= max inside the manifest's range [{allowed.min}, {allowed.max}]",
                                  f"{lo}:{opt}:{hi}")
         profiles.append(ShapeProfile({**base.dims, **own}))
-    return profiles or [base]
+    return profiles or default_profiles(graph)
 
 
 def unknown_symbols(graphs: Iterable[GraphSpec], specs: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -106,6 +131,17 @@ def covering_profiles(ranges: Sequence[Mapping[str, tuple[Shape, Shape]]], shape
 
     return [index for index, profile in enumerate(ranges)
             if all(inside(shapes[name], lo, hi) for name, (lo, hi) in profile.items())]
+
+
+def tightest_profile(ranges: Sequence[Mapping[str, tuple[Shape, Shape]]], shapes: Mapping[str, Shape]) -> int | None:
+    """The covering profile with the narrowest ranges (e.g. the decode bucket of the current past length rather
+    than the full range: its kernels were tuned nearer these shapes), or None."""
+
+    def width(index: int) -> int:
+        return sum(b - a for lo, hi in ranges[index].values() for a, b in zip(lo, hi, strict=True))
+
+    covering = covering_profiles(ranges, shapes)
+    return min(covering, key=width) if covering else None
 
 
 def describe_ranges(ranges: Sequence[Mapping[str, tuple[Shape, Shape]]]) -> str:
