@@ -19,7 +19,7 @@ FULL = ("trt_10.3.0_full_stubbed.txt", "trt_11.4.0.106_full_stubbed.txt")
 LEAN = ("trt_lean_10.15.1.29.txt", "trt_lean_11.4.0.106.txt")
 PACKAGE = Path(fusionrt.__file__).parent
 TENSORRT_BACKEND = PACKAGE / "runtime" / "backends" / "tensorrt"
-BACKEND_CODE = [TENSORRT_BACKEND / "runner.py"]
+BACKEND_CODE = [TENSORRT_BACKEND / "runner.py", PACKAGE / "caption" / "trt_stepper.py"]
 # The builder and what the runner stands on (cuda, device, versions, entries, profiles) need the full TensorRT.
 ENGINE_CODE = sorted([*(PACKAGE / "engine").glob("*.py"), *(set(TENSORRT_BACKEND.glob("*.py")) - set(BACKEND_CODE))])
 # variables holding TensorRT objects -> their class in the listings

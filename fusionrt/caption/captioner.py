@@ -17,6 +17,7 @@ import numpy as np
 from fusionrt.bundle.manifest import Bundle, is_bundle
 from fusionrt.caption.generate import FINISHED, beam_search, greedy, stream_greedy
 from fusionrt.caption.steppers import OpenVinoStepper, OrtStepper, Stepper, TorchStepper
+from fusionrt.caption.trt_stepper import TensorRTStepper
 from fusionrt.data.batch import detect_many
 from fusionrt.data.captions import MAX_CAPTION_TOKENS
 from fusionrt.data.tokenizer import QuestionEncoder
@@ -26,7 +27,7 @@ from fusionrt.runtime.session import Session
 SHIPPED_CAPTION_BUNDLE = Path(__file__).resolve().parents[1] / "assets" / "caption-bundle"
 CAPTION_TASK = "caption"
 MAX_IMAGES_PER_CALL = 16
-STEPPERS = {"onnxruntime": OrtStepper, "openvino": OpenVinoStepper}
+STEPPERS = {"onnxruntime": OrtStepper, "openvino": OpenVinoStepper, "tensorrt": TensorRTStepper}
 Image = str | Path | np.ndarray
 
 

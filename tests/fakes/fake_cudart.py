@@ -27,6 +27,7 @@ class cudaError_t(enum.IntEnum):
 class cudaMemcpyKind(enum.IntEnum):
     cudaMemcpyHostToDevice = 1
     cudaMemcpyDeviceToHost = 2
+    cudaMemcpyDeviceToDevice = 3
 
 
 class cudaStreamCaptureMode(enum.IntEnum):
@@ -236,7 +237,15 @@ class FakeCudart:
             self.frees += 1
         return (OK,)
 
+    def _on_device(self, ptr: int, count: int) -> bool:
+        return any(p <= ptr and ptr + count <= p + len(b) for p, b in self._memory.items())
+
     def cudaMemcpyAsync(self, dst: int, src: int, count: int, kind: Any, stream: Any) -> tuple[Any]:
+        if kind == cudaMemcpyKind.cudaMemcpyDeviceToDevice:
+            if not (self._on_device(dst, count) and self._on_device(src, count)):
+                raise AssertionError(f"fake cudart: device copy of {count} bytes outside the allocations")
+            self.launch(stream, lambda: ctypes.memmove(dst, src, count))
+            return (OK,)
         to_device = kind == cudaMemcpyKind.cudaMemcpyHostToDevice
         device_ptr, host_ptr = (dst, src) if to_device else (src, dst)
         if not any(p <= device_ptr and device_ptr + count <= p + len(b) for p, b in self._memory.items()):

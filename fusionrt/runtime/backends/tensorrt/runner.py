@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from fusionrt.bundle.manifest import Bundle
+from fusionrt.bundle.spec import GraphSpec
 from fusionrt.errors import BackendError, InputError
 from fusionrt.runtime.backends.tensorrt.cuda import DeviceBuffer, Event, GraphLauncher, PinnedBuffer, Stream
 from fusionrt.runtime.backends.tensorrt.device import DeviceInfo, check, cuda_device, import_cudart
@@ -252,6 +253,37 @@ class ContextPool:
             self.slots, self._idle = [], []
 
 
+def load_engine(bundle: Bundle, graph: GraphSpec, precision: str, device: DeviceInfo,
+                cudart: ModuleType) -> tuple[Any, Any, EngineTensors, Any, EngineEntry]:
+    """(runtime, engine, tensors, logger, entry) of the recorded plan of ``graph`` that can run on ``device``
+    (checked by :func:`cuda_device` before: no TensorRT object exists without a device). The manifest entry is
+    compared with this machine and the plan's hash checked before deserialization; a failure says why."""
+    trt = import_tensorrt(allow_lean=True)
+    entry = select_engine(bundle, graph.name, precision, version_of(trt), device, is_lean(trt))
+    plan = bundle.file(entry.file).read_bytes()
+    digest = hashlib.sha256(plan).hexdigest()
+    if digest != entry.plan_sha256:
+        raise BackendError(entry.file, f"sha256 {entry.plan_sha256} as recorded at build",
+                           f"sha256 {digest} (altered after the bundle was opened); rebuild: "
+                           f"{build_command(bundle, graph.name, precision)}")
+    check(cudart, cudart.cudaSetDevice(device.index), "cudaSetDevice")
+    logger = capturing_logger(trt)
+    runtime = trt.Runtime(logger)
+    if entry.version_compatible and not entry.exclude_lean_runtime:
+        runtime.engine_host_code_allowed = True  # such a plan carries its own (lean runtime) host code
+    engine = runtime.deserialize_cuda_engine(plan)
+    if engine is None:
+        raise BackendError(entry.file, f"a plan TensorRT {version_of(trt)} deserializes on {device.name}",
+                           f"a failure: {recent(logger.messages) or 'no message from TensorRT'}; "
+                           f"rebuild: {build_command(bundle, graph.name, precision)}")
+    tensors = EngineTensors(trt, engine)
+    declared = ([t.name for t in graph.inputs], [t.name for t in graph.outputs])
+    if (sorted(tensors.inputs), sorted(tensors.outputs)) != tuple(sorted(x) for x in declared):
+        raise BackendError(entry.file, f"inputs/outputs {declared} as in manifest.json",
+                           f"{tensors.inputs} / {tensors.outputs}")
+    return runtime, engine, tensors, logger, entry
+
+
 def _on_device(tensor: Any) -> bool:
     return getattr(getattr(tensor, "device", None), "type", None) == "cuda"
 
@@ -276,29 +308,8 @@ class TensorRTRunner(Runner):
     def activate_impl(self) -> None:
         cudart = import_cudart()
         self.device = device = cuda_device(self._device_index, cudart)  # before any TensorRT object exists
-        trt = import_tensorrt(allow_lean=True)
-        entry = select_engine(self.bundle, self.graph.name, self.precision, version_of(trt), device, is_lean(trt))
-        plan = self.bundle.file(entry.file).read_bytes()
-        digest = hashlib.sha256(plan).hexdigest()
-        if digest != entry.plan_sha256:
-            raise BackendError(entry.file, f"sha256 {entry.plan_sha256} as recorded at build",
-                               f"sha256 {digest} (altered after the bundle was opened); rebuild: "
-                               f"{build_command(self.bundle, self.graph.name, self.precision)}")
-        check(cudart, cudart.cudaSetDevice(device.index), "cudaSetDevice")
-        logger = capturing_logger(trt)
-        runtime = trt.Runtime(logger)
-        if entry.version_compatible and not entry.exclude_lean_runtime:
-            runtime.engine_host_code_allowed = True  # such a plan carries its own (lean runtime) host code
-        engine = runtime.deserialize_cuda_engine(plan)
-        if engine is None:
-            raise BackendError(entry.file, f"a plan TensorRT {version_of(trt)} deserializes on {device.name}",
-                               f"a failure: {recent(logger.messages) or 'no message from TensorRT'}; "
-                               f"rebuild: {build_command(self.bundle, self.graph.name, self.precision)}")
-        tensors = EngineTensors(trt, engine)
-        declared = ([t.name for t in self.graph.inputs], [t.name for t in self.graph.outputs])
-        if (sorted(tensors.inputs), sorted(tensors.outputs)) != tuple(sorted(x) for x in declared):
-            raise BackendError(entry.file, f"inputs/outputs {declared} as in manifest.json",
-                               f"{tensors.inputs} / {tensors.outputs}")
+        loaded = load_engine(self.bundle, self.graph, self.precision, device, cudart)
+        runtime, engine, tensors, logger, entry = loaded
         self._runtime, self._engine, self._tensors, self._logger, self.entry = runtime, engine, tensors, logger, entry
         self._cudart = cudart
         self.pool = ContextPool(lambda: ContextSlot(cudart, engine, tensors, self._cuda_graphs), self._max_contexts)
