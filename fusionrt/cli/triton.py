@@ -28,8 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--plan", default=None,
                         help="TensorRT engine of the fusion graph for --backend tensorrt (one profile per instance)")
     parser.add_argument("--answer-calls", default="bls", choices=("bls", "local"),
-                        help="answer model: call the fusion and region_encoder models (bls, default) or run both "
-                             "graphs in its own process (local)")
+                        help="answer, embed_text and match models: call the graph models (bls, default) or run "
+                             "their graphs in their own process (local)")
     parser.set_defaults(handler=run)
 
 
