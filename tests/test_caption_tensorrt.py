@@ -126,3 +126,16 @@ def test_no_device_is_refused_before_tensorrt_is_touched(built, monkeypatch):
     install(monkeypatch, FakeCudart(devices=0))  # the fake Runtime raises FakeCrash if it is ever created
     with pytest.raises(MissingRequirementError, match="CUDA"):
         trt_stepper.TensorRTStepper(Bundle.open(built))
+
+
+def test_an_engine_output_larger_than_the_contract_is_refused_before_it_runs(built, scenes, reference, monkeypatch):
+    trt, _ = install(monkeypatch)
+    stepper = trt_stepper.TensorRTStepper(Bundle.open(built))
+    stepper.start(*reference.visual_inputs(scenes[:1]))
+    real = trt.IExecutionContext.get_tensor_shape
+    monkeypatch.setattr(trt.IExecutionContext, "get_tensor_shape",
+                        lambda self, name: (1, 1, 999) if name == "logits" else real(self, name))
+    with pytest.raises(BackendError, match=r"output logits .* shape \[1, 1, 128\].*received \[1, 1, 999\]"):
+        stepper.step(np.array([[2]], np.int64))
+    assert not any(c._runs for c in stepper.stepper.contexts.values())  # refused before the enqueue
+    stepper.close()

@@ -52,7 +52,7 @@ class _Engine:
         if profile is None:
             raise BackendError("input shapes", f"shapes inside one profile of {self.entry.file}: "
                                f"{describe_ranges(tensors.ranges)}",
-                               ", ".join(f"{n} {list(s)}" for n, s in shapes.items()))
+                               ", ".join(f"{n} {list(shapes[n])}" for n in tensors.inputs))
         context = self.contexts.get(profile)
         if context is None:
             context = self.engine.create_execution_context()
@@ -65,7 +65,8 @@ class _Engine:
         return profile, context
 
     def run(self, shapes: dict[str, tuple[int, ...]], addresses: dict[str, int], stream: Stream) -> None:
-        """Set the input shapes, bind every tensor's address and enqueue on ``stream`` (not synchronized)."""
+        """Set the input shapes, check the output shapes against ``shapes`` (the buffers are sized for those),
+        bind every tensor's address and enqueue on ``stream`` (not synchronized)."""
         profile, context = self.context_for(shapes, stream)
         for name in self.tensors.inputs:
             if not context.set_input_shape(name, shapes[name]):
@@ -73,6 +74,14 @@ class _Engine:
         unresolved = context.infer_shapes()
         if unresolved:
             raise BackendError("input shapes", "every output shape resolvable", f"unresolved {list(unresolved)}")
+        for name in self.tensors.outputs:
+            # An engine writing more than the graph's contract says would overrun a buffer: refuse instead.
+            # (-1: a dim the engine leaves to run time; never after infer_shapes on TensorRT itself.)
+            got = tuple(int(d) for d in context.get_tensor_shape(name))
+            expected = shapes[name]
+            if len(got) != len(expected) or any(g not in (-1, e) for g, e in zip(got, expected, strict=False)):
+                raise BackendError(f"output {name} of {self.entry.file}", f"shape {list(expected)} (the graph's "
+                                   "contract, which the buffers are sized for)", str(list(got)))
         for name, ptr in addresses.items():
             if not context.set_tensor_address(name, ptr):
                 raise BackendError(f"tensor {name}", "a device address TensorRT accepts", f"{ptr:#x} refused")
@@ -143,7 +152,8 @@ class TensorRTStepper:
         self._upload("visual_mask", np.ascontiguousarray(visual_mask, dtype=bool))
         kv = cache_shape(self.model, batch, regions)
         self.visual_turn = 0
-        self.visual.run({"visual_feats": visual_feats.shape, "visual_mask": visual_mask.shape},
+        self.visual.run({"visual_feats": visual_feats.shape, "visual_mask": visual_mask.shape,
+                         "visual_key": kv, "visual_value": kv},
                         {"visual_feats": self.buffers["visual_feats"].ptr,
                          "visual_mask": self.buffers["visual_mask"].ptr,
                          "visual_key": self.visual_cache["key"][0].ptr,
@@ -173,7 +183,9 @@ class TensorRTStepper:
         past_shape = cache_shape(self.model, batch, past)
         shapes = {"input_ids": ids.shape, "new_mask": new_mask.shape, "past_mask": self.past_mask.shape,
                   "past_key": past_shape, "past_value": past_shape, "visual_key": self.visual_shape,
-                  "visual_value": self.visual_shape, "visual_mask": self.visual_mask.shape}
+                  "visual_value": self.visual_shape, "visual_mask": self.visual_mask.shape,
+                  "logits": (batch, new, self.vocab), "present_key": cache_shape(self.model, batch, past + new),
+                  "present_value": cache_shape(self.model, batch, past + new)}
         read, write = self.turn, 1 - self.turn
         addresses = {name: self.buffers[name].ptr for name in ("input_ids", "new_mask", "past_mask", "visual_mask",
                                                                "logits")}
