@@ -93,3 +93,19 @@ def test_local_calls_equal_the_matcher_and_refusals_are_400s(repo, monkeypatch):
     np.testing.assert_allclose(second.outputs["score"][:, 0], expected[1], atol=1e-5)
     assert refused.error.code == TritonError.INVALID_ARG and "one flag per region" in str(refused.error)
     matcher.close()
+
+
+def test_tensorrt_repository_puts_the_plan_on_fusion_and_the_other_graphs_on_onnxruntime(tmp_path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    plan = tmp_path / "fusion.plan"
+    plan.write_bytes(b"not a real TensorRT engine")  # Triton reads it only at load time, in an NGC container
+    repo = write_repository(SHIPPED_MATCH_BUNDLE, tmp_path / "repo", RepositoryOptions(backend="tensorrt",
+                                                                                       plan=str(plan)))
+    configs = {p.parent.name: text_format.Parse(p.read_text(), mc.ModelConfig()) for p in repo.glob("*/config.pbtxt")}
+    assert {n: c.platform or c.backend for n, c in configs.items()} == {
+        "fusion": "tensorrt_plan", "region_encoder": "onnxruntime_onnx", "text_embed": "onnxruntime_onnx",
+        "image_embed": "onnxruntime_onnx", "embed_text": "python", "match": "python"}
+    assert (repo / "fusion" / "1" / "model.plan").read_bytes() == plan.read_bytes()
+    assert configs["region_encoder"].max_batch_size == 4096 and configs["match"].max_batch_size == 256

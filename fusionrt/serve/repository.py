@@ -264,7 +264,18 @@ def _match_steps(bundle: Bundle, writer: RepositoryWriter, options: RepositoryOp
     match_outputs = (TensorConfig("score", "float32", (1,)), TensorConfig("logit", "float32", (1,)))
     # The called graph models get the same max batch: one call per chunk of this model's batch.
     text_max = min(writer.max_batch, batch_dim_max(bundle.graph("text_embed")))
-    return [*_graph_steps(bundle, writer, options),
+    # --plan is the fusion graph's engine (the re-rank is where the work is); the other graphs run on onnxruntime
+    # for the onnxruntime and tensorrt backends, as the VQA repository's region encoder does.
+    other_backend = "python" if options.backend == "python" else "onnxruntime"
+    graphs = []
+    for name, spec in bundle.graphs.items():
+        graph_precision = options.precision if options.precision in spec.precisions else FP32
+        backend = options.backend if name == FUSION else other_backend
+        # the region encoder's batch is crops (up to max_visual_len per image), the other graphs' are rows
+        rows = writer.max_batch * (int(bundle.model["max_visual_len"]) if name == REGION_ENCODER else 1)
+        graph_max = min(rows, batch_dim_max(spec))
+        graphs.append((name, lambda n=name, b=backend, p=graph_precision, m=graph_max: writer.graph_model(n, b, p, m)))
+    return [*graphs,
             (EMBED_TEXT, lambda: writer.python_model(
                 EMBED_TEXT, "EmbedTextModel", (TEXT_INPUT,), (TensorConfig("embedding", "float32", (embed,)),),
                 text_max, parameters, options.instances, module=module)),
