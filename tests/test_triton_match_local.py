@@ -109,3 +109,12 @@ def test_tensorrt_repository_puts_the_plan_on_fusion_and_the_other_graphs_on_onn
         "image_embed": "onnxruntime_onnx", "embed_text": "python", "match": "python"}
     assert (repo / "fusion" / "1" / "model.plan").read_bytes() == plan.read_bytes()
     assert configs["region_encoder"].max_batch_size == 4096 and configs["match"].max_batch_size == 256
+
+
+def test_a_caption_repository_refuses_other_backends(tmp_path):
+    from fusionrt.caption.captioner import SHIPPED_CAPTION_BUNDLE
+    from fusionrt.errors import InputError
+
+    with pytest.raises(InputError, match="python for a caption bundle"):
+        write_repository(SHIPPED_CAPTION_BUNDLE, tmp_path / "repo", RepositoryOptions(backend="onnxruntime"))
+    assert list(tmp_path.iterdir()) == []  # nothing written, no staging directory left

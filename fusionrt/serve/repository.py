@@ -244,6 +244,9 @@ def _vqa_steps(bundle: Bundle, writer: RepositoryWriter, options: RepositoryOpti
 def _caption_steps(bundle: Bundle, writer: RepositoryWriter, options: RepositoryOptions) -> list[tuple[str, Any]]:
     """Caption bundles: one ``caption`` model (PNG in, text out) running detection, the region encoder and the
     whole decode loop in its stub (see :mod:`fusionrt.serve.caption_model` for why not one call per token)."""
+    if options.backend != "python":
+        raise InputError("--backend", "python for a caption bundle (its decode loop runs in the caption model's "
+                         "Python stub; there is no per-graph model to put on another backend)", repr(options.backend))
     spec = bundle.graph(primary_graph(bundle))
     precision = options.precision if options.precision in spec.precisions else FP32
     return [(CAPTION, lambda: writer.python_model(
