@@ -62,7 +62,7 @@ def test_logits_equal_onnxruntime_at_every_step_with_reordering_and_no_allocatio
     _, cudart = install(monkeypatch)
     bundle = Bundle.open(built)
     stepper, ort = trt_stepper.TensorRTStepper(bundle), OrtStepper(bundle)
-    allocated = cudart.mallocs
+    allocated, pinned = cudart.mallocs, set(cudart._pinned)
     visual, mask = reference.visual_inputs(scenes[:3])
     for s in (stepper, ort):
         s.start(visual, mask)
@@ -78,7 +78,8 @@ def test_logits_equal_onnxruntime_at_every_step_with_reordering_and_no_allocatio
                 s.select(rows)
             ids = ids[rows]
     assert stepper.past_length == ort.past_length == 20 and stepper.batch == 2
-    assert cudart.mallocs == allocated  # every buffer was allocated at construction, none per step or select
+    # every buffer was allocated at construction, none per step or select (device and pinned host)
+    assert (cudart.mallocs, set(cudart._pinned)) == (allocated, pinned)
     # past lengths 0..15 ran on the first decode bucket, 16..19 on the second; each context stays on its profile
     assert {p: c._runs for p, c in stepper.stepper.contexts.items()} == {0: 16, 1: 4}
     assert all(c.active_optimization_profile == p for p, c in stepper.stepper.contexts.items())

@@ -4,16 +4,17 @@ device buffers that are allocated once and reused at every step.
 Never run on a GPU (no machine here has one): tested against the fake tensorrt and fake cudart (tests/fakes),
 which run the same graphs with onnxruntime behind the same calls.
 
-- Buffers: every tensor gets one device buffer sized for the largest shape the manifest allows (B, M, and the
-  cache at the position table's length), allocated at construction; no step allocates.
+- Buffers: every tensor gets one device buffer (and the host-side ones one pinned staging buffer) sized for the
+  largest shape the manifest allows (B, M, and the cache at the position table's length), allocated at
+  construction; no step allocates.
 - Cache: two buffers per cache tensor, used in turn. A step reads ``past_key`` from one and writes
   ``present_key`` (past + new, [L,B,H,P+S,D], contiguous) into the other; that layout is exactly the next step's
   past, so the roles swap and nothing is copied. ``select`` (beam reordering, dropping finished rows) gathers
   rows device to device into the idle buffer and swaps again.
 - The visual keys/values the visual engine writes stay on the device and are bound as the step's inputs; the
   visual mask the visual engine read is bound as-is too.
-- Per step only the new token ids, the masks (a few bytes per row, through pinned host buffers) go up and the
-  logits come down.
+- Per step only the new token ids and the masks go up (a few bytes per row, through the pinned buffers) and
+  the logits come down.
 - Profiles: each step runs on the narrowest profile covering its shapes (``fusionrt build`` gives the step graph
   S=1 buckets over P, then the full range), one execution context per profile used, each switched to its
   profile once. Shapes outside every profile: a BackendError listing the profiles.
@@ -120,6 +121,8 @@ class TensorRTStepper:
         # Allocated once, at the largest shapes: no step allocates (tested: the fake counts cudaMalloc).
         self.buffers = {name: self._device(size) for name, size in sizes.items()}
         self.host = {name: PinnedBuffer(cudart) for name in sizes}
+        for name, size in sizes.items():
+            self.host[name].reserve(size)
         self.cache = {kind: [self._device(cache_bytes), self._device(cache_bytes)] for kind in CACHE}
         self.visual_cache = {kind: [self._device(visual_bytes), self._device(visual_bytes)] for kind in CACHE}
         self.turn = self.visual_turn = 0
