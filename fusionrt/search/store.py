@@ -16,11 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from fusionrt.errors import BackendError
+from fusionrt.errors import BackendError, InputError
 
 COLLECTION = "images"
 # Local mode without persistence (benchmarks and tests: the same search code, no per-point commits).
 MEMORY = ":memory:"
+
+
+class IndexBusyError(InputError):
+    """Another client (another process, or another open index in this one) holds the local store."""
 
 
 def point_id(sha256: str) -> str:
@@ -39,7 +43,14 @@ def _client(location: str | Path) -> Any:
         return QdrantClient(location=MEMORY)
     if text.startswith(("http://", "https://")):
         return QdrantClient(url=text)
-    return QdrantClient(path=text)
+    try:
+        return QdrantClient(path=text)
+    except RuntimeError as exc:  # the local mode locks its folder: one client (one process) at a time
+        if "already accessed" not in str(exc):
+            raise
+        raise IndexBusyError("INDEX", "an index no other client has open (the embedded local mode admits one "
+                                      "process at a time; a Qdrant server admits many)",
+                             f"{text} is open elsewhere (`fusionrt index add` still running?)") from exc
 
 
 def _tune_local_writes(client: Any) -> None:
@@ -70,6 +81,19 @@ class VectorStore:
         self.models = models
         self.client = _client(location)
         self.dim = dim
+        try:
+            self._open_collection(dim)
+        except Exception as exc:
+            self.client.close()
+            from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+            if isinstance(exc, ResponseHandlingException | UnexpectedResponse):  # a server that is not there
+                raise BackendError("vector store", f"a Qdrant server answering at {location}",
+                                   f"{type(exc).__name__}: {exc}") from exc
+            raise
+
+    def _open_collection(self, dim: int) -> None:
+        models = self.models
         if not self.client.collection_exists(COLLECTION):
             # For a server: float32 vectors in RAM (64-d: 256 B a point) for its HNSW, payloads (sha256, path)
             # on disk since only the top k's are read, and the HNSW graph built once 20k points are in rather
