@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from fusionrt.io import atomic_write_json
 from fusionrt.progress import SILENT, Progress
 from fusionrt.search.encode import ImageEncoder
 from fusionrt.search.regions import RegionStore
-from fusionrt.search.store import MEMORY, VectorStore
+from fusionrt.search.store import COLLECTION, MEMORY, VectorStore
 
 INDEX_FORMAT = "fusionrt-image-index"
 INDEX_FILE = "index.json"
@@ -106,6 +107,9 @@ class ImageIndex:
             self.meta = {"format": INDEX_FORMAT, "model_sha256": expected,
                          "embed_dim": int(bundle.model["embed_dim"]), "feature_dim": int(bundle.model["visual_dim"]),
                          "vectors": vectors or "vectors"}
+            if vectors is not None and vectors != MEMORY:
+                # A server holds many indexes: each its own collection, named once and recorded here.
+                self.meta["collection"] = f"fusionrt-images-{uuid.uuid4().hex[:16]}"
         else:
             raise InputError("INDEX", "an index directory written by `fusionrt index add`", f"nothing at {self.path}")
         created = new and not self.path.exists()
@@ -114,7 +118,8 @@ class ImageIndex:
         try:
             if new:
                 self.path.mkdir(parents=True, exist_ok=True)
-            self.vectors = VectorStore(self.path / location if local else location, int(self.meta["embed_dim"]))
+            self.vectors = VectorStore(self.path / location if local else location, int(self.meta["embed_dim"]),
+                                       self.meta.get("collection", COLLECTION))
             self.regions = RegionStore(self.path / "regions.sqlite", int(self.meta["feature_dim"]))
         except BaseException:
             if created:  # a store that could not be opened leaves no half-made index behind

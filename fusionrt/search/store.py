@@ -75,10 +75,15 @@ def _tune_local_writes(client: Any) -> None:
 class VectorStore:
     """Unit vectors of images with their sha256 and path, searched by dot product (cosine)."""
 
-    def __init__(self, location: str | Path, dim: int) -> None:
+    def __init__(self, location: str | Path, dim: int, collection: str = COLLECTION) -> None:
+        """``location``: a folder (the embedded local mode), ``":memory:"``, or a Qdrant server's URL;
+        ``collection``: the collection holding this index's points (one per index on a shared server)."""
         from qdrant_client import models
 
         self.models = models
+        self.collection = collection
+        # The embedded local mode (on disk or in memory), not a server: decided by what was asked for.
+        self.local = not str(location).startswith(("http://", "https://"))
         self.client = _client(location)
         self.dim = dim
         try:
@@ -94,12 +99,12 @@ class VectorStore:
 
     def _open_collection(self, dim: int) -> None:
         models = self.models
-        if not self.client.collection_exists(COLLECTION):
+        if not self.client.collection_exists(self.collection):
             # For a server: float32 vectors in RAM (64-d: 256 B a point) for its HNSW, payloads (sha256, path)
             # on disk since only the top k's are read, and the HNSW graph built once 20k points are in rather
             # than re-built while a bulk add is still streaming in. The local mode ignores all three.
             self.client.create_collection(
-                COLLECTION,
+                self.collection,
                 vectors_config=models.VectorParams(size=dim, distance=models.Distance.DOT,
                                                    datatype=models.Datatype.FLOAT32),
                 on_disk_payload=True,
@@ -110,20 +115,20 @@ class VectorStore:
         """Insert or replace one point per image, all in one call (waited for: on disk when it returns)."""
         if not sha256s:
             return
-        self.client.upsert(COLLECTION, wait=True, points=self.models.Batch(
+        self.client.upsert(self.collection, wait=True, points=self.models.Batch(
             ids=[point_id(s) for s in sha256s], vectors=np.asarray(vectors, dtype=np.float32).tolist(),
             payloads=[{"sha256": s, "path": p} for s, p in zip(sha256s, paths, strict=True)]))
 
     def delete(self, sha256s: list[str]) -> None:
         if sha256s:
-            self.client.delete(COLLECTION, points_selector=self.models.PointIdsList(
+            self.client.delete(self.collection, points_selector=self.models.PointIdsList(
                 points=[point_id(s) for s in sha256s]), wait=True)
 
     def payloads(self) -> list[dict[str, str]]:
         """The payload (sha256, path) of every point."""
         out, offset = [], None
         while True:
-            points, offset = self.client.scroll(COLLECTION, limit=4096, offset=offset, with_payload=True,
+            points, offset = self.client.scroll(self.collection, limit=4096, offset=offset, with_payload=True,
                                                 with_vectors=False)
             out += [dict(p.payload) for p in points]
             if offset is None:
@@ -133,7 +138,7 @@ class VectorStore:
         """Every point's sha256 and path, and the vectors float32 [N, dim], in one read."""
         shas, paths, vectors, offset = [], [], [], None
         while True:
-            points, offset = self.client.scroll(COLLECTION, limit=4096, offset=offset, with_payload=True,
+            points, offset = self.client.scroll(self.collection, limit=4096, offset=offset, with_payload=True,
                                                 with_vectors=True)
             for p in points:
                 shas.append(p.payload["sha256"])
@@ -144,17 +149,12 @@ class VectorStore:
 
     def search(self, vector: np.ndarray, top: int) -> list[tuple[str, str, float]]:
         """The ``top`` nearest images: (sha256, path, cosine), best first."""
-        points = self.client.query_points(COLLECTION, query=np.asarray(vector, dtype=np.float32).tolist(),
+        points = self.client.query_points(self.collection, query=np.asarray(vector, dtype=np.float32).tolist(),
                                           limit=top, with_payload=True).points
         return [(p.payload["sha256"], p.payload["path"], float(p.score)) for p in points]
 
-    @property
-    def local(self) -> bool:
-        """Whether this is the embedded local mode (on disk or in memory), not a server."""
-        return type(self.client._client).__name__ == "QdrantLocal"
-
     def count(self) -> int:
-        return int(self.client.count(COLLECTION, exact=True).count)
+        return int(self.client.count(self.collection, exact=True).count)
 
     def close(self) -> None:
         self.client.close()
