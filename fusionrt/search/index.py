@@ -156,17 +156,25 @@ class ImageIndex:
         held = {sha for shas in entries.values() for sha in shas}
         todo = [(path, sha) for path, sha in current.items() if sha not in held]
         report.unchanged = len(current) - len(todo)
-        for chunk in progress.iterate(list(_chunks(todo, batch)), "index", unit="batch"):
+        chunks, unapplied = list(_chunks(todo, batch)), None
+        for number, chunk in enumerate(progress.iterate(chunks, "index", unit="batch")):
             chunk, pixels = self._readable(chunk, report)
             if not chunk:
                 continue
             encoded = encoder.encode(pixels)
             self.regions.put({sha: r for (_, sha), r in zip(chunk, encoded.regions, strict=True)})
-            self.vectors.upsert([sha for _, sha in chunk], [path for path, _ in chunk], encoded.embeddings)
+            # A server need not apply each batch before the next is encoded (it is durable once acknowledged);
+            # the last is waited for, so the index is searchable as added when add returns.
+            written = ([sha for _, sha in chunk], [path for path, _ in chunk], encoded.embeddings)
+            last = number == len(chunks) - 1
+            self.vectors.upsert(*written, wait=last)
+            unapplied = None if last else written
             stale = [old for path, _ in chunk for old in entries.get(path, [])]
             report.replaced += len({path for path, _ in chunk if entries.get(path)})
             self._drop(stale)
             report.added += len(chunk)
+        if unapplied is not None and not self.vectors.local:  # the last batch was all unreadable files
+            self.vectors.upsert(*unapplied, wait=True)  # the same points again (idempotent), waited for
         report.seconds = round(time.perf_counter() - started, 3)
         return report
 

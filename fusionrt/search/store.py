@@ -111,11 +111,15 @@ class VectorStore:
                 optimizers_config=models.OptimizersConfigDiff(indexing_threshold=20_000))
         _tune_local_writes(self.client)
 
-    def upsert(self, sha256s: list[str], paths: list[str], vectors: np.ndarray) -> None:
-        """Insert or replace one point per image, all in one call (waited for: on disk when it returns)."""
+    def upsert(self, sha256s: list[str], paths: list[str], vectors: np.ndarray, wait: bool = True) -> None:
+        """Insert or replace one point per image, all in one call.
+
+        ``wait=False`` (a server only; the local mode always writes before it returns): the server answers
+        once the batch is in its write-ahead log ("acknowledged"), so it is durable and applied in order, but
+        a search may not see it yet. A bulk add waits on its last batch only."""
         if not sha256s:
             return
-        self.client.upsert(self.collection, wait=True, points=self.models.Batch(
+        self.client.upsert(self.collection, wait=wait, points=self.models.Batch(
             ids=[point_id(s) for s in sha256s], vectors=np.asarray(vectors, dtype=np.float32).tolist(),
             payloads=[{"sha256": s, "path": p} for s, p in zip(sha256s, paths, strict=True)]))
 
