@@ -11,6 +11,7 @@ a crash and a rerun never duplicate a point. The payload holds ``sha256`` and ``
 from __future__ import annotations
 
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,11 @@ def _client(location: str | Path) -> Any:
     if text == MEMORY:
         return QdrantClient(location=MEMORY)
     if text.startswith(("http://", "https://")):
-        return QdrantClient(url=text)
+        with warnings.catch_warnings():
+            # A server that does not answer warns here, then fails typed at the first request (VectorStore);
+            # a version mismatch still warns.
+            warnings.filterwarnings("ignore", message="Failed to obtain server version")
+            return QdrantClient(url=text)
     try:
         return QdrantClient(path=text)
     except RuntimeError as exc:  # the local mode locks its folder: one client (one process) at a time
