@@ -199,23 +199,25 @@ def measure_size(bundle: Bundle, regions, embeddings, n: int, args, texts, relev
         return row
 
 
-def plot(rows: list[dict], out: Path) -> None:
+def plot(rows: list[dict], out: Path, load: float | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     sizes = [r["n"] for r in rows]
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for key, label in (("two_stage", "two-stage (vector top-k + ITM re-rank)"), ("exhaustive_itm", "exhaustive ITM"),
+    figure, axis = plt.subplots(figsize=(8, 5.5))
+    for key, label in (("two_stage", "two-stage (top 128 + ITM re-rank)"), ("exhaustive_itm", "exhaustive ITM"),
                        ("first_stage_only", "first stage in process"),
                        ("first_stage_only_by_store", "first stage by Qdrant local mode")):
-        axis.plot(sizes, [r[key]["p50_ms"] for r in rows], marker="o", label=f"{label}, p50 wall")
-        axis.plot(sizes, [r[key]["cpu_p50_ms"] for r in rows], marker="x", linestyle="--",
-                  label=f"{label}, p50 CPU time")
-    axis.set(xscale="log", yscale="log", xlabel="indexed images N", ylabel="query latency (ms)",
-             title="query latency vs N (1 thread per session, loaded 2-core machine)")
-    axis.legend(fontsize=8)
+        line, = axis.plot(sizes, [r[key]["p50_ms"] for r in rows], marker="o", label=f"{label}: wall")
+        axis.plot(sizes, [r[key]["cpu_p50_ms"] for r in rows], marker="x", linestyle="--", color=line.get_color(),
+                  label=f"{label}: CPU time")
+    axis.axhline(50, color="gray", linewidth=0.8, linestyle=":", label="target: two-stage p50 50 ms at 100k")
+    where = f"2 cores shared, load {load:.0f}" if load is not None else "2 cores shared"
+    axis.set(xscale="log", yscale="log", xlabel="indexed images N", ylabel="query latency p50 (ms)",
+             title=f"Query latency vs N (1 thread per session; {where})")
+    axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
     figure.tight_layout()
     figure.savefig(out, dpi=90)
 
@@ -236,7 +238,12 @@ def main() -> None:
                         help="queries timed on the vector database's own search (Qdrant local mode)")
     parser.add_argument("--json")
     parser.add_argument("--plot")
+    parser.add_argument("--replot", metavar="JSON", help="redraw --plot from an earlier run's --json, measure nothing")
     args = parser.parse_args()
+    if args.replot:  # only redraw the plot of an earlier run's JSON
+        earlier = json.loads(Path(args.replot).read_text())
+        plot(earlier["sizes"], Path(args.plot), earlier["load_after"][0])
+        return
     started = time.perf_counter()
     bundle = Bundle.open(args.bundle)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -258,13 +265,15 @@ def main() -> None:
         r, e = synthesise(regions, embeddings, n, rng)
         rows.append(measure_size(bundle, r, e, n, args, texts, database.relevance, args.real))
     result = {"command": "python benchmarks/search_scale.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k not in ("json", "plot")),
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+        if v is not None and k not in ("json", "plot", "replot")
+        and not (k == "bundle" and v == str(SHIPPED_MATCH_BUNDLE))),
         "indexing": indexing, "index_add": index_add, "sizes": rows, "load_after": os.getloadavg(),
         "seconds": round(time.perf_counter() - started, 1)}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     if args.plot:
-        plot(rows, Path(args.plot))
+        plot(rows, Path(args.plot), result["load_after"][0])
 
 
 if __name__ == "__main__":
