@@ -37,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add.add_argument("--backend", default="onnxruntime", choices=sorted(BACKENDS))
     add.add_argument("--precision", default="fp32")
     add.add_argument("--batch", type=arguments.POSITIVE, default=256, help="images encoded and written per batch")
+    add.add_argument("--threads", type=arguments.POSITIVE, default=None,
+                     help="threads per graph session (default: the backend's own; 1 is fastest on a busy machine)")
     add_json_option(add, "what was added")
     add.add_argument("-q", "--quiet", action="store_true", help="no progress bars on stderr")
     demo = actions.add_parser("demo", help="render held-out scenes into DIR (PNG, named by seed) to index")
@@ -80,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--batch", "a positive integer", str(args.batch))
         image_files(Path(args.directory))  # a missing DIR is refused before an index is created
         index = ImageIndex(args.index, bundle, vectors=args.vectors)
-        encoder = ImageEncoder(bundle, args.backend, args.precision)
+        encoder = ImageEncoder(bundle, args.backend, args.precision,
+                               **({"threads": args.threads} if args.threads else {}))
         try:
             report = index.add(args.directory, encoder, args.batch, SILENT if args.quiet else Progress())
             summary = {**asdict(report), "images": len(index)}
