@@ -709,6 +709,7 @@ CLI_CASES = {
     "search a folder that is no index": ["search", "{d}/pngs", "a red circle"],
     "search --bundle the VQA bundle": ["search", "{d}/pngs", "a red circle", "--bundle", B],
     "index add --batch 0": ["index", "add", "{d}/pngs", "--index", "{d}/i", "--batch", "0"],
+    "index add --threads 0": ["index", "add", "{d}/pngs", "--index", "{d}/i", "--threads", "0"],
     "index add a missing DIR": ["index", "add", "{d}/none", "--index", "{d}/i"],
     "index add DIR a file": ["index", "add", "{d}/afile", "--index", "{d}/i"],
     "index add --index afile": ["index", "add", "{d}/pngs", "--index", "{d}/afile"],
