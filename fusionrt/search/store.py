@@ -11,7 +11,6 @@ a crash and a rerun never duplicate a point. The payload holds ``sha256`` and ``
 from __future__ import annotations
 
 import uuid
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +42,10 @@ def _client(location: str | Path) -> Any:
     if text == MEMORY:
         return QdrantClient(location=MEMORY)
     if text.startswith(("http://", "https://")):
-        with warnings.catch_warnings():
-            # A server that does not answer warns here, then fails typed at the first request (VectorStore);
-            # a version mismatch still warns.
-            warnings.filterwarnings("ignore", message="Failed to obtain server version")
-            return QdrantClient(url=text)
+        # No version check: the client runs it in a thread that warns after the fact (a line on stderr next to
+        # our one-line error when no server answers); a server that does not answer, or answers in a way
+        # this client cannot read, fails typed at our first request instead (VectorStore).
+        return QdrantClient(url=text, check_compatibility=False)
     try:
         return QdrantClient(path=text)
     except RuntimeError as exc:  # the local mode locks its folder: one client (one process) at a time
