@@ -30,11 +30,15 @@ from hardening_support import feed as tiny_feed
 from PIL import Image
 
 from fusionrt.app import SHIPPED_BUNDLE, Answerer
+from fusionrt.caption.captioner import Captioner
 from fusionrt.cli import main
 from fusionrt.data.images import load_image
 from fusionrt.data.world import generate_scene, render
 from fusionrt.errors import FusionrtError, ImageError, InputError, QuestionError
 from fusionrt.runtime import Bundle, Session
+from fusionrt.search.encode import ImageEncoder
+from fusionrt.search.index import ImageIndex
+from fusionrt.search.searcher import SHIPPED_MATCH_BUNDLE, Matcher, Searcher
 from fusionrt.serve.answering import image_from_bytes, prepare, question_from_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,6 +162,117 @@ def answerer():
     return Answerer()
 
 
+VALID_QUERY = "a small red circle"  # scene SCENE_SEED shows one
+
+
+class Kept:
+    """A shared object handed to a CLI command in place of the one it would open (``close`` does nothing):
+    the command's own argument handling and error reporting run; its sessions are opened once per module."""
+
+    def __init__(self, target) -> None:
+        self._target = target
+
+    def __getattr__(self, name):
+        return getattr(self._target, name)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def readers(answerer, tmp_path_factory):
+    """Every reader of user input, opened once: the VQA answerer, the matcher, the captioner, a searcher over
+    a four-scene index (shares the matcher's sessions' bundle), and an index with its image encoder."""
+    from types import SimpleNamespace
+
+    from fusionrt.cli.index import render_scenes
+
+    bundle = Bundle.open(SHIPPED_MATCH_BUNDLE)
+    scenes = tmp_path_factory.mktemp("hostile-search-scenes")
+    render_scenes(str(scenes), 4)
+    encoder = ImageEncoder(bundle, threads=1)
+    built = ImageIndex(tmp_path_factory.mktemp("hostile-search") / "index", bundle)
+    built.add(scenes, encoder)
+    searcher = Searcher(built, threads=1)
+    captioner = Captioner()
+    found = SimpleNamespace(answerer=answerer, matcher=searcher, searcher=searcher, captioner=captioner,
+                            encoder=encoder, index=built, caption=captioner.caption(_scene()),
+                            folders=tmp_path_factory.mktemp("hostile-index-add"))
+    yield found
+    searcher.close()
+    built.close()
+    encoder.close()
+
+
+def _cli(argv: list[str]) -> tuple[int, str, str]:
+    """Run a CLI command in process: (status, stdout, stderr)."""
+    import contextlib
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = main(argv)
+        except SystemExit as exc:
+            status = exc.code
+    return status, out.getvalue(), err.getvalue()
+
+
+class CliRefused(InputError):
+    """What a CLI command's exit 2 stands for in these tables: a typed refusal (its one line is checked)."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__("CLI", "exit 0", line.strip())
+
+
+def _cli_result(argv: list[str]):
+    """A CLI command's output on success; a refusal (exit 2, exactly one line, no traceback) as an error."""
+    status, out, err = _cli(argv)
+    assert "Traceback" not in err, err
+    if status == 2:
+        assert len(err.strip().splitlines()) == 1, err
+        raise CliRefused(err)
+    assert status == 0, (status, err)
+    return out, err
+
+
+def _one_file_folder(r, path) -> Path:
+    """A fresh folder holding the case's file as x.png (or nothing, for a path that is no file)."""
+    folder = r.folders / f"case{len(list(r.folders.iterdir()))}"
+    folder.mkdir()
+    if Path(path).is_file():
+        shutil.copy(path, folder / "x.png")
+    return folder
+
+
+def _index_add(r, path, data):
+    if not isinstance(path, Path):
+        pytest.skip("index add reads files")
+    return r.index.add(_one_file_folder(r, path), r.encoder)
+
+
+def _cli_index_add(r, path, data, monkeypatch):
+    if not isinstance(path, Path):
+        pytest.skip("index add reads files")
+    monkeypatch.setattr("fusionrt.cli.index.ImageEncoder", lambda *a, **k: Kept(r.encoder))
+    out, err = _cli_result(["index", "add", str(_one_file_folder(r, path)), "--index",
+                            str(r.folders / f"index{len(list(r.folders.iterdir()))}"), "--json", "-", "-q"])
+    return {**json.loads(out), "stderr": err}
+
+
+def _cli_match(r, path, data, monkeypatch):
+    if not isinstance(path, Path):
+        pytest.skip("the CLI reads files")
+    monkeypatch.setattr("fusionrt.cli.match.Matcher", lambda *a, **k: Kept(r.matcher))
+    return float(_cli_result(["match", str(path), VALID_QUERY])[0])
+
+
+def _cli_caption(r, path, data, monkeypatch):
+    if not isinstance(path, Path):
+        pytest.skip("the CLI reads files")
+    monkeypatch.setattr("fusionrt.cli.caption.Captioner", lambda *a, **k: Kept(r.captioner))
+    return _cli_result(["caption", str(path)])[0].strip()
+
+
 @pytest.fixture(scope="module")
 def image_inputs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("hostile-images")
@@ -176,29 +291,61 @@ def image_inputs(tmp_path_factory):
 
 
 IMAGE_OPERATIONS = {
-    "Answerer.ask": lambda a, path, data: a.ask(path, VALID_QUESTION)[0],
-    "Answerer.ask_many": lambda a, path, data: a.ask_many([(path, VALID_QUESTION)])[0][0],
-    "load_image": lambda a, path, data: load_image(path),
-    "triton image_from_bytes": lambda a, path, data: image_from_bytes(data) if data is not None or path is None
+    # name -> operation(readers, path or array, bytes or None[, monkeypatch])
+    "Answerer.ask": lambda r, path, data: r.answerer.ask(path, VALID_QUESTION)[0],
+    "Answerer.ask_many": lambda r, path, data: r.answerer.ask_many([(path, VALID_QUESTION)])[0][0],
+    "load_image": lambda r, path, data: load_image(path),
+    "triton image_from_bytes": lambda r, path, data: image_from_bytes(data) if data is not None or path is None
     else pytest.skip("no bytes for this case"),
+    "Matcher.match": lambda r, path, data: r.matcher.match(path, VALID_QUERY),
+    "Captioner.caption": lambda r, path, data: r.captioner.caption(path),
+    "ImageIndex.add": _index_add,
+    "fusionrt match": _cli_match,
+    "fusionrt caption": _cli_caption,
+    "fusionrt index add": _cli_index_add,
 }
+COLOUR_READERS = {"Matcher.match", "fusionrt match", "Captioner.caption", "fusionrt caption"}
+NEEDS_MONKEYPATCH = {"fusionrt match", "fusionrt caption", "fusionrt index add"}
+
+
+def _check_index_add(result, valid, path) -> None:
+    """Index add leaves out an unreadable file (named in ``skipped``) and indexes the rest; never raises."""
+    assert not isinstance(result, Exception), result
+    report = result if isinstance(result, dict) else {"added": result.added, "unchanged": result.unchanged,
+                                                      "skipped": result.skipped}
+    if valid:
+        assert report["added"] + report["unchanged"] == 1 and not report["skipped"], report
+    else:
+        assert report["added"] == 0, report
+        if Path(path).is_file():  # the case's file was copied in: it is named, with why
+            assert len(report["skipped"]) == 1, report
+            if isinstance(result, dict):
+                assert result["stderr"].count("skipped") == 1 and "Traceback" not in result["stderr"]
 
 
 @pytest.mark.parametrize("operation", list(IMAGE_OPERATIONS))
 @pytest.mark.parametrize("case", [*IMAGE_CASES, "missing file", "a directory"])
-def test_images(answerer, image_inputs, case, operation):
+def test_images(readers, image_inputs, monkeypatch, case, operation):
     path, data = image_inputs[case]
-    result = held(IMAGE_OPERATIONS[operation], answerer, path, data)
+    extra = (monkeypatch,) if operation in NEEDS_MONKEYPATCH else ()
+    result = held(IMAGE_OPERATIONS[operation], readers, path, data, *extra)
     valid = IMAGE_CASES.get(case, (None, False))[1]
-    if valid:
-        expected = str(len(generate_scene(SCENE_SEED).objects))
+    if operation in ("ImageIndex.add", "fusionrt index add"):
+        _check_index_add(result, valid, path)
+    elif valid:
         assert not isinstance(result, Exception), result
-        if isinstance(result, str):
-            assert result == expected or valid == "any"
+        if case == "16-bit grayscale scene" and operation in COLOUR_READERS:
+            valid = "any"  # gray: the count survives, "red" and the caption's colours do not
+        if operation in ("Matcher.match", "fusionrt match"):
+            assert 0.0 <= result <= 1.0 and (result > 0.5 or valid == "any"), result
+        elif operation in ("Captioner.caption", "fusionrt caption"):
+            assert result == readers.caption or (valid == "any" and result), result
+        elif isinstance(result, str):
+            assert result == str(len(generate_scene(SCENE_SEED).objects)) or valid == "any"
         else:
             assert result.shape == (128, 128, 3)
     else:
-        assert isinstance(result, ImageError), result
+        assert isinstance(result, CliRefused if operation.startswith("fusionrt") else ImageError), result
 
 
 def test_a_decompression_bomb_is_refused_before_it_is_decoded(image_inputs):
@@ -260,6 +407,77 @@ def test_questions(answerer, case, operation):
 @pytest.mark.parametrize("pairs", [["scene.png"], "scene.png", [("scene.png",)], [("scene.png", 3)], 5, [None]])
 def test_ask_many_checks_its_pairs(answerer, pairs):
     assert isinstance(held(answerer.ask_many, pairs), InputError)
+
+
+# ---------------------------------------------------------------- search and match texts
+
+QUERY_CASES = {
+    "valid": (VALID_QUERY, True),
+    "upper case": ("A SMALL RED CIRCLE", True),
+    "only 'a'": ("a", False),
+    "only '?'": ("?", False),
+    "special tokens": ("[CLS] [SEP] [PAD]", False),
+    "special tokens around a query": ("[CLS] a small red circle [SEP]", False),
+    "empty": ("", False),
+    "whitespace": ("   \t", False),
+    "unknown word": ("a small purple elephant", False),
+    "33 tokens": (" ".join(["red"] * 31), False),
+    "NUL": ("a small\x00 red circle", False),
+    "bytes": (VALID_QUERY.encode(), False),
+    "None": (None, False),
+    "int": (5, False),
+}
+
+
+def _cli_search(r, q, monkeypatch):
+    monkeypatch.setattr("fusionrt.cli.search.Searcher", lambda *a, **k: Kept(r.searcher))
+    argv = ["search", str(r.index.path), q, "--top", "3", "--rerank", "4", "--json", "-"]
+    return json.loads(_cli_result(argv)[0])["results"]
+
+
+def _cli_match_text(r, q, monkeypatch):
+    monkeypatch.setattr("fusionrt.cli.match.Matcher", lambda *a, **k: Kept(r.matcher))
+    return float(_cli_result(["match", str(r.index.entries().popitem()[0]), q])[0])
+
+
+QUERY_OPERATIONS = {
+    "Matcher.match": lambda r, q: r.matcher.match(_scene(), q),
+    "Searcher.search": lambda r, q: r.searcher.search(q, top=3),
+    "Searcher.search --rerank": lambda r, q: r.searcher.search(q, top=3, rerank=4),
+    "fusionrt search": _cli_search,
+    "fusionrt match": _cli_match_text,
+}
+
+
+@pytest.mark.parametrize("operation", list(QUERY_OPERATIONS))
+@pytest.mark.parametrize("case", list(QUERY_CASES))
+def test_query_texts(readers, monkeypatch, case, operation):
+    """Every reader of a search or match text (the CLI gets it as an argv string: bytes, None and int are API
+    only)."""
+    text, valid = QUERY_CASES[case]
+    if operation.startswith("fusionrt") and not isinstance(text, str):
+        pytest.skip("argv holds strings")
+    extra = (monkeypatch,) if operation.startswith("fusionrt") else ()
+    result = held(QUERY_OPERATIONS[operation], readers, text, *extra)
+    if not valid:
+        refusal = CliRefused if operation.startswith("fusionrt") else QuestionError if isinstance(text, str) \
+            else InputError
+        assert isinstance(result, refusal), result
+    elif operation.endswith("match"):
+        assert 0.0 <= result <= 1.0, result
+    else:
+        assert len(result) == 3 and all(np.isfinite(h["score"] if isinstance(h, dict) else h.score)
+                                        for h in result), result
+
+
+def test_an_index_open_elsewhere_is_a_typed_refusal(readers, capsys):
+    """The embedded store admits one client: a second open (a search while `index add` runs) is refused."""
+    from fusionrt.search.store import IndexBusyError
+
+    assert isinstance(held(Searcher, readers.index.path), IndexBusyError)
+    assert main(["search", str(readers.index.path), VALID_QUERY]) == 2
+    err = capsys.readouterr().err
+    assert "open elsewhere" in err and len(err.strip().splitlines()) == 1
 
 
 # ---------------------------------------------------------------- bundle tampers
@@ -373,6 +591,67 @@ def test_bundle_tampers(pristine, tmp_path, capsys, case, operation):
         assert isinstance(result, FusionrtError), result
 
 
+# The same tampers on the match and caption bundles, through their readers (API and CLI). The caption bundle
+# has no fusion graph: the cases that edit it do not apply, and its step graph is the one flipped.
+FUSION_EDITS = {"value_range widened", "T max widened", "T max and model.max_text_len widened",
+                "visual width wrong", "fusion.onnx flipped"}
+TASK_BUNDLE_CASES = {
+    "match": {k: v for k, v in BUNDLE_CASES.items() if k != "answers.json not a list"},
+    "caption": {**{k: v for k, v in BUNDLE_CASES.items() if k not in FUSION_EDITS | {"answers.json not a list"}},
+                "caption_step.onnx flipped": _flip("caption_step.onnx"),
+                # safe_ranges are read per graph a session opens: the caption bundle's own graph is spoilt
+                "safe_ranges malformed": _edit(lambda m: m.update(
+                    safe_ranges={"caption_step": {"fp32": {"visual_key": -1}}}))},
+}
+# Self-consistent manifests (see BUNDLE_OPENS): they open and serve short texts. num_answers is a VQA field:
+# a match or caption bundle does not read it.
+TASK_BUNDLE_OPENS = {"match": {"T max and model.max_text_len widened"},
+                     "caption": {"model.num_answers wrong"}}
+
+
+def _cli_refusal(argv: list[str]):
+    status, _, err = _cli(argv)
+    assert "Traceback" not in err, err
+    if status == 2:
+        assert len(err.strip().splitlines()) == 1, err
+        raise CliRefused(err)
+    return status
+
+
+TASK_BUNDLE_OPERATIONS = {
+    # name -> (task, operation(bundle path, readers))
+    "Matcher": ("match", lambda b, r: Matcher(b, threads=1).match(_scene(), VALID_QUERY)),
+    # the open index (its local store admits one client): the bundle is checked against the index's model
+    "Searcher": ("match", lambda b, r: Searcher(r.index, b, threads=1).search(VALID_QUERY, rerank=4)),
+    "fusionrt match --bundle": ("match", lambda b, r: _cli_refusal(
+        ["match", str(ROOT / "tests" / "data" / "missing.png"), VALID_QUERY, "--bundle", str(b)])),
+    "fusionrt index add --bundle": ("match", lambda b, r: _cli_refusal(
+        ["index", "add", str(r.folders), "--index", str(r.folders / "tampered"), "--bundle", str(b), "-q"])),
+    "Captioner": ("caption", lambda b, r: Captioner(str(b)).caption(_scene())),
+    "fusionrt caption --bundle": ("caption", lambda b, r: _cli_refusal(
+        ["caption", str(ROOT / "tests" / "data" / "missing.png"), "--bundle", str(b)])),
+}
+PRISTINE = {"match": SHIPPED_MATCH_BUNDLE, "caption": SHIPPED_BUNDLE.parent / "caption-bundle"}
+
+
+@pytest.mark.parametrize("operation", list(TASK_BUNDLE_OPERATIONS))
+@pytest.mark.parametrize("case", sorted(set(TASK_BUNDLE_CASES["match"]) | set(TASK_BUNDLE_CASES["caption"])))
+def test_task_bundle_tampers(readers, tmp_path, case, operation):
+    task, run = TASK_BUNDLE_OPERATIONS[operation]
+    if case not in TASK_BUNDLE_CASES[task]:
+        pytest.skip(f"not a {task} bundle's tamper")
+    bundle = tmp_path / "bundle"
+    shutil.copytree(PRISTINE[task], bundle)
+    TASK_BUNDLE_CASES[task][case](bundle)
+    result = held(run, bundle, readers)
+    if case in TASK_BUNDLE_OPENS[task]:
+        # opens; a CLI run on a missing image is then refused for the image
+        assert not isinstance(result, Exception) or (isinstance(result, CliRefused) and "missing" in str(result)), \
+            result
+    else:
+        assert isinstance(result, FusionrtError), result
+
+
 # ---------------------------------------------------------------- CLI arguments
 
 
@@ -424,6 +703,32 @@ CLI_CASES = {
     "serve a folder of PNGs": ["serve", "{d}/pngs"],
     "calibrate --samples 0": ["calibrate", B, "--samples", "0"],
     "export --max-batch -1": ["export", "--out", "{d}/e", "--max-batch", "-1"],
+    "search --top 0": ["search", "{d}/pngs", "a red circle", "--top", "0"],
+    "search --rerank -1": ["search", "{d}/pngs", "a red circle", "--rerank", "-1"],
+    "search --first-stage bogus": ["search", "{d}/pngs", "a red circle", "--first-stage", "bogus"],
+    "search a folder that is no index": ["search", "{d}/pngs", "a red circle"],
+    "search --bundle the VQA bundle": ["search", "{d}/pngs", "a red circle", "--bundle", B],
+    "index add --batch 0": ["index", "add", "{d}/pngs", "--index", "{d}/i", "--batch", "0"],
+    "index add --threads 0": ["index", "add", "{d}/pngs", "--index", "{d}/i", "--threads", "0"],
+    "index add a missing DIR": ["index", "add", "{d}/none", "--index", "{d}/i"],
+    "index add DIR a file": ["index", "add", "{d}/afile", "--index", "{d}/i"],
+    "index add --index afile": ["index", "add", "{d}/pngs", "--index", "{d}/afile"],
+    "index add --index under afile": ["index", "add", "{d}/pngs", "--index", "{d}/afile/i"],
+    "index add --index into a read-only dir": ["index", "add", "{d}/pngs", "--index", "{d}/readonly/i"],
+    "index add --vectors ftp://": ["index", "add", "{d}/pngs", "--index", "{d}/i", "--vectors", "ftp://x/y"],
+    "index add --vectors a server that is not there": ["index", "add", "{d}/pngs", "--index", "{d}/i",
+                                                       "--vectors", "http://127.0.0.1:9"],
+    "index add --bundle the VQA bundle": ["index", "add", "{d}/pngs", "--index", "{d}/i", "--bundle", B],
+    "index remove from a folder that is no index": ["index", "remove", "{d}/pngs/a.png", "--index", "{d}/pngs"],
+    "index demo --scenes 0": ["index", "demo", "{d}/demo", "--scenes", "0"],
+    "index demo under afile": ["index", "demo", "{d}/afile/demo", "--scenes", "1"],
+    "match a missing image": ["match", "{d}/missing.png", "a red circle"],
+    "match a directory": ["match", "{d}/pngs", "a red circle"],
+    "match --bundle the VQA bundle": ["match", "{d}/pngs/a.png", "a red circle", "--bundle", B],
+    "caption --beam 0": ["caption", "{d}/pngs/a.png", "--beam", "0"],
+    "caption --max-new-tokens 0": ["caption", "{d}/pngs/a.png", "--max-new-tokens", "0"],
+    "caption a directory": ["caption", "{d}/pngs"],
+    "caption --bundle the VQA bundle": ["caption", "{d}/pngs/a.png", "--bundle", B],
     "unknown command": ["bogus"],
 }
 
@@ -447,6 +752,7 @@ def test_cli_arguments(cli_places, capsys, case):
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert CLI_MESSAGES.get(case, "") in err
     assert not (cli_places / "afile").is_dir() and not (cli_places / "p").exists()
+    assert not (cli_places / "i").exists() and not (cli_places / "demo").exists(), "a refused command wrote"
 
 
 def test_parity_json_dash_writes_stdout(capsys, tmp_path, monkeypatch):

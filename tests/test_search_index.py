@@ -98,6 +98,25 @@ def test_changed_file_is_reencoded_and_remove_drops_it(scenes, bundle, tmp_path)
         encoder.close()
 
 
+def test_unreadable_files_are_left_out_and_the_rest_indexed(scenes, bundle, tmp_path):
+    directory = tmp_path / "images"
+    directory.mkdir()
+    good = sorted(scenes[0].glob("*.png"))[:3]
+    for path in good:
+        shutil.copy(path, directory / path.name)
+    (directory / "truncated.png").write_bytes(good[0].read_bytes()[:200])
+    index, encoder = ImageIndex(tmp_path / "index", bundle), ImageEncoder(bundle)
+    try:
+        report = index.add(directory, encoder)
+        assert (report.added, list(report.skipped)) == (3, [str((directory / "truncated.png").resolve())])
+        assert "Pillow can read" in next(iter(report.skipped.values()))  # why, as the ImageError says it
+        again = index.add(directory, encoder)  # retried, still unreadable; the rest unchanged
+        assert (again.added, again.unchanged, len(again.skipped)) == (0, 3, 1) and len(index) == 3
+    finally:
+        index.close()
+        encoder.close()
+
+
 def stored_points(storage: Path) -> int:
     """Points Qdrant's local mode has committed (read-only; 0 while its table is being created)."""
     try:
@@ -121,7 +140,7 @@ def test_kill_9_during_add_then_rerun_loses_and_duplicates_nothing(tmp_path, bun
     while time.monotonic() < deadline and process.poll() is None:
         if points.is_file() and stored_points(points) >= 16:
             break
-        time.sleep(0.05)
+        time.sleep(0.01)  # writes are fast (WAL): poll often, so the kill lands mid-run
     assert process.poll() is None, "index add finished before it could be killed: use more images"
     process.send_signal(signal.SIGKILL)
     process.wait()

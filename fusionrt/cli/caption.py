@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from fusionrt.caption.captioner import Captioner
+from fusionrt.cli import arguments
 from fusionrt.cli.output import add_json_option, write_json
 
 
@@ -14,8 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--bundle", default=None,
                         help="caption bundle (default: the shipped one on ONNX Runtime, without torch) or a "
                              "caption checkpoint directory (PyTorch)")
-    parser.add_argument("--beam", type=int, default=1, help="beam width (default 1: greedy)")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="stop after this many tokens")
+    parser.add_argument("--beam", type=arguments.POSITIVE, default=1, help="beam width (default 1: greedy)")
+    parser.add_argument("--max-new-tokens", type=arguments.POSITIVE, default=None, help="stop after this many tokens")
     parser.add_argument("--precision", default="fp32", help="a precision the bundle lists (default fp32)")
     parser.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "openvino"),
                         help="runs the decoder graphs of a bundle (default onnxruntime)")

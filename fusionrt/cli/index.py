@@ -4,10 +4,12 @@ that ``fusionrt search`` queries (a match bundle's model; Qdrant local mode by d
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
 from fusionrt.bundle.manifest import Bundle
+from fusionrt.cli import arguments
 from fusionrt.cli.output import add_json_option, write_json
 from fusionrt.data.world import generate_scene, render, split_seeds
 from fusionrt.errors import InputError
@@ -34,12 +36,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="vector store for a new index: a Qdrant server URL (default: Qdrant local mode in INDEX)")
     add.add_argument("--backend", default="onnxruntime", choices=sorted(BACKENDS))
     add.add_argument("--precision", default="fp32")
-    add.add_argument("--batch", type=int, default=256, help="images encoded and written per batch")
+    add.add_argument("--batch", type=arguments.POSITIVE, default=256, help="images encoded and written per batch")
+    add.add_argument("--threads", type=arguments.POSITIVE, default=None,
+                     help="threads per graph session (default: the backend's own; 1 is fastest on a busy machine)")
     add_json_option(add, "what was added")
     add.add_argument("-q", "--quiet", action="store_true", help="no progress bars on stderr")
     demo = actions.add_parser("demo", help="render held-out scenes into DIR (PNG, named by seed) to index")
     demo.add_argument("directory", metavar="DIR")
-    demo.add_argument("--scenes", type=int, default=500, help="how many held-out scenes (default 500)")
+    demo.add_argument("--scenes", type=arguments.POSITIVE, default=500, help="how many held-out scenes (default 500)")
     add_json_option(demo, "what was written")
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress bars on stderr")
     remove = actions.add_parser("remove", help="drop indexed images")
@@ -78,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--batch", "a positive integer", str(args.batch))
         image_files(Path(args.directory))  # a missing DIR is refused before an index is created
         index = ImageIndex(args.index, bundle, vectors=args.vectors)
-        encoder = ImageEncoder(bundle, args.backend, args.precision)
+        encoder = ImageEncoder(bundle, args.backend, args.precision,
+                               **({"threads": args.threads} if args.threads else {}))
         try:
             report = index.add(args.directory, encoder, args.batch, SILENT if args.quiet else Progress())
             summary = {**asdict(report), "images": len(index)}
@@ -91,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
             summary = {"removed": index.remove(args.paths), "images": len(index)}
         finally:
             index.close()
+    for path, why in summary.get("skipped", {}).items():
+        print(f"fusionrt index: skipped {path}: {why}", file=sys.stderr)
     if not write_json(args.json, summary):
-        print(" ".join(f"{k}={v}" for k, v in summary.items()))
+        print(" ".join(f"{k}={len(v) if isinstance(v, dict) else v}" for k, v in summary.items()))
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from fusionrt.cli import arguments
 from fusionrt.cli.output import add_json_option, write_json
 from fusionrt.runtime.session import BACKENDS
 from fusionrt.search.searcher import FIRST_STAGES, Searcher
@@ -13,8 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("search", help="find the indexed images a text describes")
     parser.add_argument("index", metavar="INDEX", help="index directory written by `fusionrt index add`")
     parser.add_argument("query", help='e.g. "a small red circle", "two blue objects"')
-    parser.add_argument("--top", type=int, default=10, help="results to print (default 10)")
-    parser.add_argument("--rerank", type=int, default=0, metavar="K",
+    parser.add_argument("--top", type=arguments.POSITIVE, default=10, help="results to print (default 10)")
+    parser.add_argument("--rerank", type=arguments.NON_NEGATIVE, default=0, metavar="K",
                         help="re-rank the first stage's top K with the ITM fusion (default 0: embeddings only)")
     parser.add_argument("--first-stage", default="auto", choices=FIRST_STAGES,
                         help="vector search: the store's own (store), exact in process over the store's vectors "

@@ -43,11 +43,12 @@ def estimate_background(image: np.ndarray) -> np.ndarray:
     return np.median(border, axis=0).astype(np.int16)
 
 
-def _crop_component(image: np.ndarray, component: np.ndarray, background: np.ndarray) -> np.ndarray:
-    """A CROP_SIZE square centred on the component, other pixels painted background."""
-    ys, xs = np.nonzero(component)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    patch = np.where(component[y0:y1, x0:x1, None], image[y0:y1, x0:x1], background.astype(np.uint8))
+def _crop_component(image: np.ndarray, window: tuple[slice, slice], component: np.ndarray,
+                    background: np.ndarray) -> np.ndarray:
+    """A CROP_SIZE square centred on the component (``component``: its mask within ``window``, the bounding
+    box ``ndimage.find_objects`` gives), other pixels painted background."""
+    sy, sx = window
+    patch = np.where(component[:, :, None], image[sy, sx], background.astype(np.uint8))
     height, width = patch.shape[:2]
     limit = CROP_SIZE - 2
     if max(height, width) > limit:  # larger than any object of the world: shrink to fit
@@ -81,12 +82,10 @@ def detect_regions(image: np.ndarray, max_regions: int | None = None) -> Regions
     for label in keep:
         sy, sx = slices[label - 1]
         component = labels[sy, sx] == label
-        full = np.zeros((height, width), dtype=bool)
-        full[sy, sx] = component
         x0, y0, x1, y1 = sx.start, sy.start, sx.stop, sy.stop
         area = int(areas[label - 1])
         boxes.append((x0, y0, x1, y1))
-        crops.append(_crop_component(image, full, background))
+        crops.append(_crop_component(image, (sy, sx), component, background))
         geometry.append((
             (x0 + x1) / 2 / width, (y0 + y1) / 2 / height,
             (x1 - x0) / CROP_SIZE, (y1 - y0) / CROP_SIZE, area / CROP_SIZE**2,
