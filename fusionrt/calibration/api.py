@@ -30,6 +30,7 @@ from fusionrt.calibration.autocast import (
 )
 from fusionrt.calibration.errors import BudgetExceededError, CalibrationError, QuantizationError
 from fusionrt.calibration.fp16 import convert_mixed_precision
+from fusionrt.calibration.match import MATCH_TASK, draw_match_pairs, load_match_calibration
 from fusionrt.calibration.qdq import CPU, TENSORRT, Recipe, write_qdq
 from fusionrt.calibration.ranges import DEFAULT_METHOD, DEFAULT_PERCENTILE, Ranges, collect_ranges
 from fusionrt.calibration.safe_range import SECTION as SAFE_RANGES
@@ -47,6 +48,7 @@ from fusionrt.calibration.samples import (
 from fusionrt.io import atomic_write_json
 from fusionrt.parity.budgets import Budget
 from fusionrt.parity.heldout import DEFAULT_HELDOUT_SCENES, HeldoutEvaluator, heldout_for
+from fusionrt.parity.match import MatchEvaluator
 from fusionrt.progress import SILENT, Progress
 
 POLYGRAPHY_LOADER_FILE = "polygraphy_loader.py"
@@ -75,6 +77,9 @@ def calibrate(bundle_dir: str | Path, samples: int = DEFAULT_SAMPLES, from_dir: 
         spec = bundle.graph(FUSION)
         if from_dir is not None:
             data = load_directory(from_dir, spec, min_samples)
+        elif bundle.task == MATCH_TASK:  # real pairs in re-rank shapes (fusionrt.calibration.match)
+            data = draw_match_pairs(bundle, samples, progress=progress)
+            validate(data.arrays(), spec, min_samples)
         elif bundle.task != VQA_TASK:
             raise CalibrationError("--from", f"a directory of npz feeds for a bundle of task {bundle.task!r} (the "
                                    "scene world's calibration scenes serve only its own model)", "none")
@@ -97,6 +102,8 @@ def load_calibration(bundle: Bundle, min_samples: int = MIN_SAMPLES) -> Calibrat
     if "calibration" not in bundle.manifest or SAMPLES_FILE not in bundle.manifest["files"]:
         raise QuantizationError("calibration set", f"{SAMPLES_FILE} in the bundle (run `fusionrt calibrate` first)",
                                 "a bundle without one")
+    if bundle.task == MATCH_TASK:
+        return load_match_calibration(bundle, bundle.file(SAMPLES_FILE), min_samples)
     return load_set(bundle.file(SAMPLES_FILE), bundle.graph(FUSION), min_samples)
 
 
@@ -111,9 +118,11 @@ def _publish(tx: BundleTransaction, staged: dict[str, Path], precisions: Sequenc
     bundle = tx.bundle
     adopted = {name: tx.adopt(path, name) for name, path in staged.items()}
     graphs = {FUSION: {p: graph_filename(FUSION, p) for p in precisions}}
-    if REGION_ENCODER in bundle.graphs:
-        # The region encoder is not quantized: at every precision it runs its fp32 file.
-        graphs[REGION_ENCODER] = dict.fromkeys(precisions, graph_filename(REGION_ENCODER))
+    # The region encoder (and a match bundle's embedding graphs) are not quantized: at every precision they run
+    # their fp32 file.
+    for other in (REGION_ENCODER, *(("text_embed", "image_embed") if bundle.task == MATCH_TASK else ())):
+        if other in bundle.graphs:
+            graphs[other] = dict.fromkeys(precisions, graph_filename(other))
     quantization = dict(bundle.manifest.get("quantization", {}))
     quantization.update({p: record for p in precisions})
     # Measured on the staged graphs: the runtime refuses feeds past these bounds (see safe_range).
@@ -127,6 +136,8 @@ def _evaluator(bundle: Bundle, evaluator: HeldoutEvaluator | None, heldout_scene
     its reference the module the bundle was exported from (or ``model``, a model reference given again)."""
     if evaluator is not None:
         return evaluator
+    if bundle.task == MATCH_TASK:  # retrieval budgets on the held-out database (fusionrt.parity.match)
+        return MatchEvaluator(bundle, progress=progress, torch_options={"model": model} if model else None)
     options = {"model": model} if model else None
     return HeldoutEvaluator(bundle, heldout=heldout_for(bundle, heldout_scenes, heldout, progress,
                                                         torch_options=options))

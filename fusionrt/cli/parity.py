@@ -17,6 +17,7 @@ from fusionrt.parity import gates_for, run_parity
 from fusionrt.parity.caption import caption_parity, format_caption_parity
 from fusionrt.parity.gates import EVERY_OUTPUT, PRECISIONS
 from fusionrt.parity.heldout import FeedHeldout
+from fusionrt.parity.match import MATCH_TASK, format_match_parity, match_budget, match_parity
 from fusionrt.progress import progress_for
 from fusionrt.runtime.session import BACKENDS
 
@@ -52,6 +53,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--min-agreement", type=float, default=None, help="argmax agreement on scenes")
     parser.add_argument("--max-drop-points", type=float, default=None,
                         help="largest task accuracy drop on scenes, in percentage points")
+    parser.add_argument("--queries", type=arguments.POSITIVE, default=100,
+                        help="a match bundle: held-out queries (--scenes is the database size; default 100)")
+    parser.add_argument("--rerank", type=arguments.POSITIVE, default=128,
+                        help="a match bundle: first-stage candidates each query re-ranks (default 128)")
     parser.add_argument("--seed", type=arguments.SEED, default=0, help="seed of the grid's random feeds")
     add_model_argument(parser, "the torch backend's module: a model reference (FILE.py:FACTORY) given again, e.g. "
                        "when its file changed since export (default: as recorded in the manifest)")
@@ -100,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
     bundle = Bundle.open(args.bundle)
     if bundle.task == "caption":
         return run_caption(args, bundle)
+    if bundle.task == MATCH_TASK:
+        return run_match(args, bundle, options("torch"))
     overrides = overrides_from(args)
     check_output_names(overrides, {t.name for graph in bundle.graphs.values() for t in graph.outputs})
     gates = gates_for(bundle, args.candidate_precision, overrides)
@@ -133,4 +140,34 @@ def run_caption(args: argparse.Namespace, bundle: Bundle) -> int:
     if args.json:
         atomic_write_json(args.json, json_safe(report))
         print(f"wrote {args.json}")
+    return 0 if report["passed"] else EXIT_TOLERANCE_EXCEEDED
+
+
+def run_match(args: argparse.Namespace, bundle: Bundle, torch_options: dict[str, str]) -> int:
+    """A match bundle: ITM logits of --candidate at --candidate-precision vs fp32 PyTorch on a shape grid and on the
+    held-out database (--scenes, --queries, --rerank), gated by fusionrt.parity.match.MATCH_BUDGETS; --atol sets the
+    grid's max abs, --min-cosine the held-out logit cosine, --max-drop-points the nDCG@10 and AUC drops."""
+    if args.reference != "torch" or args.reference_precision != "fp32":
+        raise InputError("--reference", "torch fp32 for a match bundle (ITM parity is against PyTorch)",
+                         f"{args.reference} {args.reference_precision}")
+    if args.scenes == 1:
+        raise InputError("--scenes", "0 (grid only) or at least 2 database scenes for a match bundle", "1")
+
+    def every(flag: str, values: list[str] | None) -> float | None:
+        given = per_output(flag, values).get(EVERY_OUTPUT) if values else None
+        return float(given) if given is not None else None
+
+    budget = match_budget(args.candidate_precision, grid_max_abs=every("--atol", args.atol),
+                          min_cosine=every("--min-cosine", args.min_cosine),
+                          max_ndcg_drop_points=args.max_drop_points, max_auc_drop_points=args.max_drop_points)
+    report = match_parity(bundle, args.candidate_precision, args.candidate, scenes=args.scenes,
+                          queries=args.queries, rerank=args.rerank, seed=args.seed, budget=budget,
+                          torch_options=torch_options, progress=progress_for(args.quiet))
+    if args.json == STDOUT:
+        write_json(STDOUT, json_safe(report))
+    else:
+        print(format_match_parity(report))
+        if args.json:
+            atomic_write_json(args.json, json_safe(report))
+            print(f"wrote {args.json}")
     return 0 if report["passed"] else EXIT_TOLERANCE_EXCEEDED

@@ -46,6 +46,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--heldout", default=None, metavar="DIR",
                         help="with --model: held-out npz feeds (optional int 'labels' per row) for the budgets and "
                              "parity")
+    parser.add_argument("--match-scenes", type=arguments.POSITIVE, default=5000,
+                        help="a matching checkpoint: held-out database scenes for its budgets and parity "
+                             "(default 5000)")
+    parser.add_argument("--match-queries", type=arguments.POSITIVE, default=500,
+                        help="a matching checkpoint: held-out queries (default 500)")
+    parser.add_argument("--match-rerank", type=arguments.POSITIVE, default=128,
+                        help="a matching checkpoint: first-stage candidates each query re-ranks (default 128)")
     add_dim_arguments(parser)
     parser.add_argument("--max-batch", type=arguments.POSITIVE, default=64,
                         help="with --model: largest batch (default 64)")
@@ -68,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
         bench_runs=args.bench_runs, threads=args.threads, model=args.model,
         calibration=Path(args.calibration) if args.calibration else None,
         heldout=Path(args.heldout) if args.heldout else None,
-        dims={d: getattr(args, d) for d in DIMS if getattr(args, d) is not None}, max_batch=args.max_batch)
+        dims={d: getattr(args, d) for d in DIMS if getattr(args, d) is not None}, max_batch=args.max_batch,
+        match_scenes=args.match_scenes, match_queries=args.match_queries, match_rerank=args.match_rerank)
     started = time.perf_counter()
     try:
         result = run_pipeline(config, progress_for(args.quiet), log)

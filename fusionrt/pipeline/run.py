@@ -37,6 +37,7 @@ from fusionrt.parity import gates_for, run_parity
 from fusionrt.parity.accuracy import accuracy_by_kind
 from fusionrt.parity.budgets import CUSTOM_BUDGETS, measured_text
 from fusionrt.parity.heldout import FeedHeldout, Heldout, HeldoutEvaluator, HeldoutSet, MemoizedRuns
+from fusionrt.pipeline import match as match_stages
 from fusionrt.pipeline.lock import bundle_lock
 from fusionrt.pipeline.result import Gate, PipelineResult, StageRecord
 from fusionrt.progress import SILENT, Progress
@@ -85,6 +86,10 @@ class PipelineConfig:
     heldout: Path | None = None
     dims: dict[str, int] = field(default_factory=dict)  # vocab_size, visual_dim, max_text_len, max_visual_len
     max_batch: int = 64
+    # A matching checkpoint (task "match"): the held-out database its budgets and parity run on.
+    match_scenes: int = 5000
+    match_queries: int = 500
+    match_rerank: int = 128
 
     def check(self) -> None:
         if self.model is not None:
@@ -151,6 +156,7 @@ class _Run:
             if not self.checkpoint.is_dir():
                 raise InputError("--checkpoint", "a checkpoint directory", f"no directory at {self.checkpoint}")
             self.checkpoint_files = checkpoint_files_sha256(self.checkpoint)
+        self.match = match_stages.is_match(self)  # task "match": its own export, budgets and parity
         self.result = PipelineResult(str(self.out))
         self.recorded: dict[str, Any] = {}
         self.keys: dict[str, str] = {}
@@ -257,6 +263,8 @@ class _Run:
 
     def evaluator(self) -> HeldoutEvaluator:
         """The accuracy budgets' view of :meth:`heldout`, for fp16 and int8."""
+        if self._evaluator is None and self.match:
+            self._evaluator = match_stages.evaluator(self)
         if self._evaluator is None:
             self._evaluator = HeldoutEvaluator(self.bundle(), heldout=self.heldout())
         return self._evaluator
@@ -327,6 +335,8 @@ class _Run:
 # ---- the stages ---------------------------------------------------------------------------------
 
 def _export(run: _Run) -> tuple[dict[str, Any], list[str]]:
+    if run.match:
+        return match_stages.export_stage(run)
     try:
         if run.custom:
             export_onnx(run.reference, run.out, **run.config.dims, max_batch=run.config.max_batch,
@@ -386,6 +396,8 @@ def _accuracy_gates(stage: str) -> Callable[[dict[str, Any]], list[Gate]]:
 
 
 def _parity(run: _Run) -> tuple[dict[str, Any], list[str]]:
+    if run.match:
+        return match_stages.parity_stage(run)
     bundle = run.bundle()
     heldout = run.heldout()
     questions = heldout.scene_questions(run.config.parity_scenes) if isinstance(heldout, Heldout) else None
@@ -463,6 +475,8 @@ def _run_stages(run: _Run) -> None:
     run.keys["calibrate"] = _key(export=run.keys["export"], samples=config.calib_samples,
                                  **({"feeds": run.feeds["calibration"]} if custom else {}))
     heldout = {"heldout": run.feeds["heldout"]} if custom else {"heldout": config.heldout_scenes}
+    if run.match:
+        heldout = match_stages.key_parts(run)
     if {"fp16", "int8"} & set(config.precisions):  # fp16 keeps in FP32 what the calibration data says
         run.stage(2, "calibrate", lambda: _calibrate(run))
     else:
@@ -470,14 +484,15 @@ def _run_stages(run: _Run) -> None:
 
     run.keys["fp16"] = _key(calibrate=run.keys["calibrate"], **heldout,
                             budget=(CUSTOM_BUDGETS if custom else BUDGETS)["fp16"].to_dict())
+    budget_gates = match_stages.budget_gates if run.match else _accuracy_gates
     if "fp16" in config.precisions:
-        run.stage(3, "fp16", lambda: _quantize(run, "fp16"), _accuracy_gates("fp16"))
+        run.stage(3, "fp16", lambda: _quantize(run, "fp16"), budget_gates("fp16"))
     else:
         run.skip(3, "fp16", "not requested")
     run.keys["int8"] = _key(calibrate=run.keys["calibrate"], method=config.calib_method, **heldout,
                             budget=(CUSTOM_BUDGETS if custom else BUDGETS)["int8"].to_dict())
     if "int8" in config.precisions:
-        run.stage(4, "int8", lambda: _quantize(run, "int8"), _accuracy_gates("int8"))
+        run.stage(4, "int8", lambda: _quantize(run, "int8"), budget_gates("int8"))
     else:
         run.skip(4, "int8", "not requested")
     reason = engine_unavailable_reason()
@@ -490,7 +505,7 @@ def _run_stages(run: _Run) -> None:
 
     graphs = run.graph_hashes([*run.graphs(), "fp32"])
 
-    gates = {p: gates_for(run.bundle(), p).to_dict() for p in run.graphs()}
+    gates = {p: gates_for(run.bundle(), p).to_dict() for p in run.graphs()} if not run.match else heldout
     run.keys["parity"] = _key(graphs=graphs, checkpoint=run.checkpoint_files, gates=gates,
                               scenes=config.parity_scenes, backends=list(config.backends),
                               **({"heldout": run.feeds["heldout"]} if custom else {}))

@@ -46,6 +46,9 @@ class Matcher:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle or SHIPPED_MATCH_BUNDLE)
         if self.bundle.task != "match":
             raise InputError("bundle", "a bundle with task 'match'", f"task {self.bundle.task!r}")
+        precisions = sorted(self.bundle.graph("fusion").precisions)
+        if precision not in precisions:  # before any Session, so the error names the re-rank's precisions
+            raise InputError("precision", f"one of {precisions} (this bundle's ITM graphs)", repr(precision))
         self.backend, self.precision, self.options = backend, precision, options
         self.queries = QuestionEncoder.from_file(self.bundle.file("tokenizer.json"),
                                                  int(self.bundle.model["max_text_len"]))
