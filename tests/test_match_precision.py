@@ -17,10 +17,12 @@ from fusionrt.bundle.transaction import update_manifest
 from fusionrt.calibration.api import load_calibration, quantize_fp16
 from fusionrt.calibration.errors import BudgetExceededError
 from fusionrt.cli import main
+from fusionrt.data.world import generate_scene, render, split_seeds
 from fusionrt.model.match_checkpoint import SHIPPED_MATCH_CHECKPOINT
 from fusionrt.parity.match import MatchBudget, MatchEvaluator, MatchHeldout
 from fusionrt.pipeline import PipelineConfig, run_pipeline
 from fusionrt.runtime.session import Session
+from fusionrt.search.searcher import Matcher
 
 SIZES = {"match_scenes": 300, "match_queries": 30, "match_rerank": 32}
 SMALL = ["--scenes", "300", "--queries", "30", "--rerank", "32", "-q"]
@@ -115,9 +117,7 @@ def test_parity_cli_passes_then_fails_on_a_damaged_graph(built, tmp_path, capsys
 
 def test_search_and_match_rerank_at_every_precision(built, tmp_path, capsys):
     pytest.importorskip("qdrant_client")
-    from test_search_index import write_scenes
-
-    from fusionrt.data.world import split_seeds
+    from test_search_index import write_scenes  # a sibling test module: imported after its extra's check
 
     directory = tmp_path / "scenes"
     paths = write_scenes(directory, split_seeds("heldout", 40, start=600_000))
@@ -136,3 +136,18 @@ def test_search_and_match_rerank_at_every_precision(built, tmp_path, capsys):
         assert len(set(top[precision]) & set(top["fp32"])) >= 3
     assert main(["search", index, "a small red circle", "--bundle", str(built), "--precision", "bf16"]) == 2
     assert "precision" in capsys.readouterr().err
+
+
+def test_matcher_runs_each_precision_on_openvino_as_on_onnxruntime(built):
+    pytest.importorskip("openvino")
+    image = render(generate_scene(split_seeds("heldout", 1, start=700_000)[0]))
+    texts = ("a red object", "a large blue square", "two circles")
+    for precision in ("fp16", "int8-cpu"):
+        scores = {}
+        for backend in ("onnxruntime", "openvino"):
+            matcher = Matcher(built, backend, precision)
+            try:
+                scores[backend] = [matcher.match(image, text) for text in texts]
+            finally:
+                matcher.close()
+        assert scores["openvino"] == pytest.approx(scores["onnxruntime"], abs=2e-3)
