@@ -15,7 +15,7 @@ from onnx import numpy_helper
 from fusionrt.bundle.manifest import Bundle
 from fusionrt.bundle.transaction import update_manifest
 from fusionrt.calibration.api import load_calibration, quantize_fp16
-from fusionrt.calibration.errors import BudgetExceededError
+from fusionrt.calibration.errors import BudgetExceededError, CalibrationError
 from fusionrt.cli import main
 from fusionrt.data.world import generate_scene, render, split_seeds
 from fusionrt.model.match_checkpoint import SHIPPED_MATCH_CHECKPOINT
@@ -84,6 +84,8 @@ def test_a_budget_miss_publishes_nothing(built, tmp_path):
     with pytest.raises(BudgetExceededError, match="ndcg10_two_stage drop"):
         quantize_fp16(copy, budget=impossible, evaluator=evaluator)
     assert (copy / "manifest.json").read_bytes() == before
+    with pytest.raises(CalibrationError, match="--heldout"):  # feeds are for custom bundles, not ignored here
+        quantize_fp16(copy, heldout=tmp_path)
 
 
 def _damage(bundle_dir: Path, precision: str) -> None:

@@ -137,6 +137,9 @@ def _evaluator(bundle: Bundle, evaluator: HeldoutEvaluator | None, heldout_scene
     if evaluator is not None:
         return evaluator
     if bundle.task == MATCH_TASK:  # retrieval budgets on the held-out database (fusionrt.parity.match)
+        if heldout is not None:
+            raise CalibrationError("--heldout", "no feeds for a match bundle (it is measured on the scene world's "
+                                   "held-out matching database)", str(heldout))
         return MatchEvaluator(bundle, progress=progress, torch_options={"model": model} if model else None)
     options = {"model": model} if model else None
     return HeldoutEvaluator(bundle, heldout=heldout_for(bundle, heldout_scenes, heldout, progress,

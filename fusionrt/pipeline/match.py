@@ -1,10 +1,10 @@
 """The pipeline's stages for a match bundle (checkpoint task "match"), called by :mod:`fusionrt.pipeline.run`.
 
-Export writes the four match graphs (:func:`fusionrt.export.match.export_match_checkpoint`); calibrate, fp16 and
-int8 run the shared calibration API, which dispatches on the bundle's task to real matching pairs and to the
-retrieval budgets (:mod:`fusionrt.calibration.match`, :class:`fusionrt.parity.match.MatchEvaluator`); parity is
-ITM parity against PyTorch (:func:`fusionrt.parity.match.match_parity`) on one held-out database shared with the
-budgets, so the PyTorch reference runs once per pipeline run. Engines, bench and report are the shared stages.
+Export (in run.py) writes the four match graphs (:func:`fusionrt.export.match.export_match_checkpoint`);
+calibrate, fp16 and int8 run the shared calibration API, which dispatches on the bundle's task to real matching
+pairs and to the retrieval budgets (:mod:`fusionrt.calibration.match`, :class:`fusionrt.parity.match.MatchEvaluator`);
+parity is ITM parity against PyTorch (:func:`fusionrt.parity.match.match_parity`) on one held-out database shared
+with the budgets, so the PyTorch reference runs once per pipeline run. Engines, bench and report are shared.
 
 Functions take the pipeline's run object (``fusionrt.pipeline.run._Run``) without importing it (no import loop).
 """
@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fusionrt.export import VerificationError
-from fusionrt.export.match import MATCH_TASK, export_match_checkpoint
+from fusionrt.export.match import MATCH_TASK
 from fusionrt.io import atomic_write_json, json_safe
 from fusionrt.parity.match import MatchEvaluator, MatchHeldout, match_budget, match_parity
-from fusionrt.pipeline.result import Gate
 
 MATCH_PARITY_FILE = "match_parity.json"
 
@@ -49,36 +46,12 @@ def key_parts(run: Any) -> dict[str, Any]:
 
 def measured(h: dict[str, Any]) -> str:
     """One line of a held-out match measurement (:meth:`MatchMeasurement.to_dict`)."""
+    if "reference" not in h:  # a stage that failed before measuring
+        return str(h)
     ref, cand = h["reference"], h["candidate"]
     return (f"nDCG@10 {ref['ndcg10_two_stage']:.4f} -> {cand['ndcg10_two_stage']:.4f}, ITM AUC "
             f"{ref['itm_roc_auc']:.4f} -> {cand['itm_roc_auc']:.4f} (fp32 PyTorch -> graph), top-10 agreement "
             f"{h['agreement']:.4f}, logit cosine {h['cosine']['logits']:.6f} on {h['questions']} held-out ITM rows")
-
-
-def budget_gates(stage: str) -> Callable[[dict[str, Any]], list[Gate]]:
-    """The fp16/int8 stages' gates: each graph's retrieval budget on the held-out database."""
-    def gates(summary: dict[str, Any]) -> list[Gate]:
-        out = []
-        for precision, h in summary["graphs"].items():
-            failures = h.get("failures", [])
-            text = measured(h) if "reference" in h else str(h)
-            out.append(Gate(f"match budget {precision}", stage, "failed" if failures else "passed",
-                            "; ".join(failures) or text, text))
-        if summary.get("failed") and not any(g.status == "failed" for g in out):
-            out.append(Gate(f"match budget {stage}", stage, "failed", summary["failed"]))
-        return out
-    return gates
-
-
-def export_stage(run: Any) -> tuple[dict[str, Any], list[str]]:
-    try:
-        export_match_checkpoint(run.checkpoint, run.out, progress=run.progress)
-    except VerificationError as exc:
-        return {"verification": {"passed": False, "failures": exc.failures[:20]}}, []
-    verification = run.refresh().manifest["verification"]
-    run.recorded = {}
-    return {"verification": {"passed": True, "graphs": verification["graphs"],
-                             "tolerance": verification["tolerance"]}}, []
 
 
 def heldout(run: Any) -> MatchHeldout:

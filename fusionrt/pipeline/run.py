@@ -32,6 +32,7 @@ from fusionrt.calibration import BUDGETS, METHODS, BudgetExceededError, calibrat
 from fusionrt.engine.stage import build_all_engines, engine_unavailable_reason
 from fusionrt.errors import FusionrtError, InputError
 from fusionrt.export import VerificationError, export_checkpoint, export_onnx
+from fusionrt.export.match import export_match_checkpoint
 from fusionrt.io import atomic_write_json, json_safe
 from fusionrt.parity import gates_for, run_parity
 from fusionrt.parity.accuracy import accuracy_by_kind
@@ -335,12 +336,12 @@ class _Run:
 # ---- the stages ---------------------------------------------------------------------------------
 
 def _export(run: _Run) -> tuple[dict[str, Any], list[str]]:
-    if run.match:
-        return match_stages.export_stage(run)
     try:
         if run.custom:
             export_onnx(run.reference, run.out, **run.config.dims, max_batch=run.config.max_batch,
                         progress=run.progress)
+        elif run.match:
+            export_match_checkpoint(run.checkpoint, run.out, progress=run.progress)
         else:
             export_checkpoint(run.checkpoint, run.out, progress=run.progress)
     except VerificationError as exc:
@@ -381,16 +382,18 @@ def _quantize(run: _Run, precision: str) -> tuple[dict[str, Any], list[str]]:
         return {"graphs": {p: (g.get("heldout", g)) for p, g in graphs.items()}, "failed": str(exc)}, []
 
 
-def _accuracy_gates(stage: str) -> Callable[[dict[str, Any]], list[Gate]]:
+def _accuracy_gates(stage: str, label: str = "accuracy budget",
+                    describe: Callable[[dict[str, Any]], str] = measured_text
+                    ) -> Callable[[dict[str, Any]], list[Gate]]:
     def gates(summary: dict[str, Any]) -> list[Gate]:
         out = []
         for precision, heldout in summary["graphs"].items():
             failures = heldout.get("failures", [])
-            message = measured_text(heldout)
-            out.append(Gate(f"accuracy budget {precision}", stage, "failed" if failures else "passed",
+            message = describe(heldout)
+            out.append(Gate(f"{label} {precision}", stage, "failed" if failures else "passed",
                             "; ".join(failures) or message, message))
         if summary.get("failed") and not any(g.status == "failed" for g in out):
-            out.append(Gate(f"accuracy budget {stage}", stage, "failed", summary["failed"]))
+            out.append(Gate(f"{label} {stage}", stage, "failed", summary["failed"]))
         return out
     return gates
 
@@ -484,7 +487,9 @@ def _run_stages(run: _Run) -> None:
 
     run.keys["fp16"] = _key(calibrate=run.keys["calibrate"], **heldout,
                             budget=(CUSTOM_BUDGETS if custom else BUDGETS)["fp16"].to_dict())
-    budget_gates = match_stages.budget_gates if run.match else _accuracy_gates
+    def budget_gates(stage: str) -> Callable[[dict[str, Any]], list[Gate]]:  # a match run: retrieval budgets
+        return _accuracy_gates(stage, "match budget", match_stages.measured) if run.match else _accuracy_gates(stage)
+
     if "fp16" in config.precisions:
         run.stage(3, "fp16", lambda: _quantize(run, "fp16"), budget_gates("fp16"))
     else:
