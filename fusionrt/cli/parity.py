@@ -152,6 +152,8 @@ def run_match(args: argparse.Namespace, bundle: Bundle, torch_options: dict[str,
                          f"{args.reference} {args.reference_precision}")
     if args.scenes == 1:
         raise InputError("--scenes", "0 (grid only) or at least 2 database scenes for a match bundle", "1")
+    if args.rerank < 10:  # nDCG@10 ranks ten
+        raise InputError("--rerank", "at least 10 candidates per query", str(args.rerank))
 
     def every(flag: str, values: list[str] | None) -> float | None:
         given = per_output(flag, values).get(EVERY_OUTPUT) if values else None

@@ -98,6 +98,8 @@ class Measurement:
 def measured_text(h: dict[str, Any]) -> str:
     """One line of what a held-out measurement (:meth:`Measurement.to_dict`) found: accuracy only with labels,
     agreement only with a logits-like output, cosine when measured."""
+    if "text" in h:  # a measurement that words itself (a match bundle's: fusionrt.parity.match)
+        return h["text"]
     parts = []
     if h.get("accuracy") is not None:
         parts.append(f"accuracy {100 * h['accuracy']:.2f}% (fp32 PyTorch {100 * h['reference_accuracy']:.2f}%, "

@@ -245,11 +245,20 @@ class MatchMeasurement:
             "drop_points": {m: self.drop_points(m) for m in ("ndcg10_two_stage", "itm_roc_auc")},
             "agreement": self.top10_agreement, "logits_mean_abs": self.logits_mean_abs,
             "logits_max_abs": self.logits_max_abs, "cosine": dict(self.cosine)}
+        out["text"] = self.text()
         if budget is not None:
             out["budget"] = budget.to_dict()
             out["failures"] = self.failures(budget)
             out["passed"] = not out["failures"]
         return out
+
+    def text(self) -> str:
+        """One line: each score of the reference and the candidate, agreement and cosine."""
+        ref, cand = self.reference, self.candidate
+        return (f"nDCG@10 {ref['ndcg10_two_stage']:.4f} -> {cand['ndcg10_two_stage']:.4f}, ITM AUC "
+                f"{ref['itm_roc_auc']:.4f} -> {cand['itm_roc_auc']:.4f} (fp32 PyTorch -> graph), top-10 agreement "
+                f"{self.top10_agreement:.4f}, logit cosine {self.cosine['logits']:.6f} on {self.rows} held-out ITM "
+                "rows")
 
 
 def _public(scores: dict[str, Any]) -> dict[str, float]:

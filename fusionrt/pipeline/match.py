@@ -44,16 +44,6 @@ def key_parts(run: Any) -> dict[str, Any]:
                       "budgets": {p: match_budget(p).to_dict() for p in ("fp32", "fp16", "int8", "int8-cpu")}}}
 
 
-def measured(h: dict[str, Any]) -> str:
-    """One line of a held-out match measurement (:meth:`MatchMeasurement.to_dict`)."""
-    if "reference" not in h:  # a stage that failed before measuring
-        return str(h)
-    ref, cand = h["reference"], h["candidate"]
-    return (f"nDCG@10 {ref['ndcg10_two_stage']:.4f} -> {cand['ndcg10_two_stage']:.4f}, ITM AUC "
-            f"{ref['itm_roc_auc']:.4f} -> {cand['itm_roc_auc']:.4f} (fp32 PyTorch -> graph), top-10 agreement "
-            f"{h['agreement']:.4f}, logit cosine {h['cosine']['logits']:.6f} on {h['questions']} held-out ITM rows")
-
-
 def heldout(run: Any) -> MatchHeldout:
     """The run's one held-out database, its reference the run's memoized fp32 PyTorch fusion runner."""
     if getattr(run, "_match_heldout", None) is None:

@@ -382,14 +382,12 @@ def _quantize(run: _Run, precision: str) -> tuple[dict[str, Any], list[str]]:
         return {"graphs": {p: (g.get("heldout", g)) for p, g in graphs.items()}, "failed": str(exc)}, []
 
 
-def _accuracy_gates(stage: str, label: str = "accuracy budget",
-                    describe: Callable[[dict[str, Any]], str] = measured_text
-                    ) -> Callable[[dict[str, Any]], list[Gate]]:
+def _accuracy_gates(stage: str, label: str = "accuracy budget") -> Callable[[dict[str, Any]], list[Gate]]:
     def gates(summary: dict[str, Any]) -> list[Gate]:
         out = []
         for precision, heldout in summary["graphs"].items():
             failures = heldout.get("failures", [])
-            message = describe(heldout)
+            message = measured_text(heldout)
             out.append(Gate(f"{label} {precision}", stage, "failed" if failures else "passed",
                             "; ".join(failures) or message, message))
         if summary.get("failed") and not any(g.status == "failed" for g in out):
@@ -487,17 +485,15 @@ def _run_stages(run: _Run) -> None:
 
     run.keys["fp16"] = _key(calibrate=run.keys["calibrate"], **heldout,
                             budget=(CUSTOM_BUDGETS if custom else BUDGETS)["fp16"].to_dict())
-    def budget_gates(stage: str) -> Callable[[dict[str, Any]], list[Gate]]:  # a match run: retrieval budgets
-        return _accuracy_gates(stage, "match budget", match_stages.measured) if run.match else _accuracy_gates(stage)
-
+    label = "match budget" if run.match else "accuracy budget"  # a match run's budgets are retrieval scores
     if "fp16" in config.precisions:
-        run.stage(3, "fp16", lambda: _quantize(run, "fp16"), budget_gates("fp16"))
+        run.stage(3, "fp16", lambda: _quantize(run, "fp16"), _accuracy_gates("fp16", label))
     else:
         run.skip(3, "fp16", "not requested")
     run.keys["int8"] = _key(calibrate=run.keys["calibrate"], method=config.calib_method, **heldout,
                             budget=(CUSTOM_BUDGETS if custom else BUDGETS)["int8"].to_dict())
     if "int8" in config.precisions:
-        run.stage(4, "int8", lambda: _quantize(run, "int8"), budget_gates("int8"))
+        run.stage(4, "int8", lambda: _quantize(run, "int8"), _accuracy_gates("int8", label))
     else:
         run.skip(4, "int8", "not requested")
     reason = engine_unavailable_reason()
