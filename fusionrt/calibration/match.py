@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from itertools import cycle
+from pathlib import Path
 
 import numpy as np
 
@@ -98,7 +99,7 @@ def draw_match_pairs(bundle: Bundle, samples: int, seed: int = 0, progress: Prog
                                       f"positives, hard negatives, top-{TOP_CANDIDATES} first-stage scenes")
 
 
-def load_match_calibration(bundle: Bundle, path, min_samples: int = MIN_SAMPLES) -> MatchCalibrationSet:
+def load_match_calibration(bundle: Bundle, path: str | Path, min_samples: int = MIN_SAMPLES) -> MatchCalibrationSet:
     """A match bundle's saved calibration pairs, batched as :meth:`MatchCalibrationSet.feeds` does."""
     data = load_set(path, bundle.graph(FUSION), min_samples)
     return MatchCalibrationSet(**data.arrays(), source=data.source)

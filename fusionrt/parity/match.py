@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -282,7 +283,7 @@ class MatchEvaluator:
     def describe(self) -> dict[str, Any]:
         return self.heldout.describe()
 
-    def measure_path(self, onnx_path: Any, threads: int | None = None) -> MatchMeasurement:
+    def measure_path(self, onnx_path: str | Path, threads: int | None = None) -> MatchMeasurement:
         """The fusion graph at ``onnx_path`` on onnxruntime (CPU)."""
         session = session_from_onnx(onnx_path, providers=["CPUExecutionProvider"], threads=threads)
         names = [o.name for o in session.get_outputs()]
