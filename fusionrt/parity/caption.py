@@ -67,6 +67,20 @@ class CaptionReference:
     def scenes(self) -> int:
         return len(self.seeds)
 
+    def head(self, scenes: int) -> CaptionReference:
+        """The first ``scenes`` scenes (the same held-out seeds a smaller reference would decode)."""
+        if not 1 <= scenes <= self.scenes:
+            raise InputError("scenes", f"between 1 and the reference's {self.scenes}", str(scenes))
+        batches, logits, left = [], [], scenes
+        for (visual, mask), steps in zip(self.batches, self.logits, strict=True):
+            if left <= 0:
+                break
+            batches.append((visual[:left], mask[:left]))
+            logits.append([step[:left] for step in steps])
+            left -= len(visual)
+        return CaptionReference(self.seeds[:scenes], self.truth[:scenes], batches, self.tokens[:scenes], logits,
+                                self.texts[:scenes])
+
 
 def caption_reference(bundle: Bundle, scenes: int = 200, checkpoint: str | Path | None = None,
                       progress: Progress = SILENT) -> CaptionReference:
@@ -97,13 +111,15 @@ def caption_reference(bundle: Bundle, scenes: int = 200, checkpoint: str | Path 
 
 def caption_parity(bundle: Bundle, *, scenes: int = 200, precision: str = "fp32", checkpoint: str | Path | None = None,
                    min_identical: float = MIN_IDENTICAL, max_abs: float | None = None,
-                   reference: CaptionReference | None = None, progress: Progress = SILENT) -> dict[str, Any]:
+                   reference: CaptionReference | None = None, backend: str = "onnxruntime",
+                   progress: Progress = SILENT) -> dict[str, Any]:
     """The report (see the module docstring); ``report["passed"]`` says whether every gate held. ``reference``:
-    one computed before (its scenes are used and ``scenes``/``checkpoint`` ignored)."""
+    one computed before (its scenes are used and ``scenes``/``checkpoint`` ignored); ``backend``: the candidate's
+    (``onnxruntime`` or ``openvino``)."""
     max_abs = FP32_MAX_ABS if max_abs is None and precision == "fp32" else max_abs
     if reference is None:
         reference = caption_reference(bundle, scenes, checkpoint, progress)
-    captioner = Captioner(bundle.path, precision)
+    captioner = Captioner(bundle.path, precision, backend=backend)
     candidate: list[list[int]] = []
     step_error: list[float] = []
     offset = 0
@@ -119,7 +135,7 @@ def caption_parity(bundle: Bundle, *, scenes: int = 200, precision: str = "fp32"
         for step, expected in enumerate(logits):
             live = np.array([len(r) > step for r in rows])
             got = captioner.stepper.step(ids)[:, -1]
-            error = float(np.abs(got - expected)[live].max())
+            error = float(np.abs(got - expected)[live].max(initial=0.0))  # a head() may hold finished rows only
             step_error += [0.0] * (step + 1 - len(step_error))
             step_error[step] = max(step_error[step], error)
             ids = expected.argmax(-1)[:, None].astype(np.int64)
@@ -148,7 +164,8 @@ def caption_parity(bundle: Bundle, *, scenes: int = 200, precision: str = "fp32"
     divergent = [d for d in first_divergent if d is not None]
     return {
         "task": "caption", "precision": precision, "scenes": reference.scenes,
-        "reference": "torch fp32 (greedy, recompute)", "candidate": f"onnxruntime {precision} (greedy, KV cache)",
+        "reference": "torch fp32 (greedy, recompute)", "candidate": f"{backend} {precision} (greedy, KV cache)",
+        "backend": backend,
         "token_identical": fraction,
         "first_divergent_step": min(divergent) if divergent else None,
         "divergent_scenes": [{"seed": seed, "first_divergent_step": d}
