@@ -131,3 +131,11 @@ def test_cli_parity_gates_a_quantized_caption_bundle_and_fails_a_damaged_graph(q
     assert not report["passed"] and not report["gates"]["exact_match_drop_points"]["passed"]
     assert report["token_identical"] < 1.0 and report["first_divergent_step"] is not None
     assert report["divergent_scenes"][0]["first_divergent_step"] >= report["first_divergent_step"]
+
+
+def test_cli_parity_on_a_caption_bundle_takes_openvino_and_refuses_other_references(quantized, capsys):
+    path = quantized[0]
+    assert main(["parity", str(path), "--candidate", "openvino", "--candidate-precision", "fp16", "--scenes", "4",
+                 "-q"]) == 0
+    assert "openvino fp16" in capsys.readouterr().out
+    assert main(["parity", str(path), "--reference", "onnxruntime", "--scenes", "4", "-q"]) == 2

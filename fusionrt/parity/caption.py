@@ -28,6 +28,7 @@ MIN_IDENTICAL = 0.995
 BUDGET_POINTS = 1.0  # exact match and BLEU, against fp32 PyTorch
 FP32_MAX_ABS = 1e-4
 BATCH = 16
+CAPTION_BACKENDS = ("onnxruntime", "openvino")  # the backends with a caption stepper
 
 
 def _source_checkpoint(bundle: Bundle, checkpoint: str | Path | None) -> Path:

@@ -31,13 +31,12 @@ from fusionrt.errors import InputError
 from fusionrt.export.caption import export_caption
 from fusionrt.export.errors import VerificationError
 from fusionrt.io import atomic_path, atomic_write_bytes, atomic_write_json, json_safe
-from fusionrt.parity.caption import BUDGET_POINTS, CaptionReference, caption_parity, caption_reference
+from fusionrt.parity.caption import BUDGET_POINTS, CAPTION_BACKENDS, CaptionReference, caption_parity, caption_reference
 from fusionrt.pipeline.result import Gate
 from fusionrt.report import write_report
 
 GRAPHS_OF = {"fp32": ("fp32",), "fp16": ("fp16",), "int8": ("int8", "int8-cpu")}
 PARITY_FILE, BENCH_FILE, PLOT_FILE = "caption_parity.json", "caption_bench.json", "report-caption-logits.png"
-CAPTION_BACKENDS = ("onnxruntime", "openvino")
 BENCH_SCENES = 8  # one batch of 8; B=1 times the first BENCH_SCENES_B1 of them (PyTorch eager is slow there)
 BENCH_SCENES_B1 = 2
 BENCH_BLOCKS = 3
