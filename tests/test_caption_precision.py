@@ -11,7 +11,14 @@ import pytest
 
 from fusionrt.bundle.manifest import Bundle
 from fusionrt.bundle.transaction import update_manifest
-from fusionrt.calibration import BudgetExceededError, CalibrationError, calibrate, quantize_fp16, quantize_int8
+from fusionrt.calibration import (
+    BudgetExceededError,
+    CalibrationError,
+    QuantizationError,
+    calibrate,
+    quantize_fp16,
+    quantize_int8,
+)
 from fusionrt.calibration import caption as caption_quant
 from fusionrt.calibration.qdq import RECIPES, write_qdq
 from fusionrt.calibration.ranges import Ranges
@@ -103,9 +110,11 @@ def test_out_of_budget_precision_is_refused_and_never_enters_the_bundle(tmp_path
     assert not any(p.name.startswith("caption_step.int8") for p in path.iterdir())
 
 
-def test_calibrate_refuses_feeds_for_a_caption_bundle(tmp_path):
+def test_calibrate_refuses_feeds_and_quantize_other_methods_for_a_caption_bundle(tmp_path):
     with pytest.raises(CalibrationError, match="caption"):
         calibrate(SHIPPED_CAPTION_BUNDLE, from_dir=tmp_path)
+    with pytest.raises(QuantizationError, match="minmax for a caption bundle"):
+        quantize_int8(SHIPPED_CAPTION_BUNDLE, method="percentile")
 
 
 def test_cli_parity_gates_a_quantized_caption_bundle_and_fails_a_damaged_graph(quantized, tmp_path):

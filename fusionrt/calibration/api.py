@@ -229,7 +229,7 @@ def quantize_int8(bundle_dir: str | Path, method: str = DEFAULT_METHOD, percenti
     terms (:func:`quantize_caption`)."""
     if _is_caption(bundle_dir):
         return quantize_caption(bundle_dir, tuple(r.precision for r in recipes), heldout_scenes=heldout_scenes,
-                                        progress=progress)
+                                method=method, progress=progress)
     with BundleTransaction(bundle_dir) as tx:
         return _quantize_int8(tx, method, percentile, heldout_scenes, budget, sensitivity, ranges, evaluator,
                               recipes, progress, heldout, model)

@@ -158,13 +158,15 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
 def quantize_caption(bundle_dir: str | Path, precisions: tuple[str, ...] = PRECISIONS, *,
                      calibration_scenes: int = DEFAULT_CALIBRATION_SCENES,
                      heldout_scenes: int = DEFAULT_HELDOUT_SCENES, reference: CaptionReference | None = None,
-                     progress: Progress = SILENT) -> dict[str, Any]:
+                     method: str = METHOD, progress: Progress = SILENT) -> dict[str, Any]:
     """Write each precision's two decoder graphs, measure them on ``heldout_scenes`` held-out scenes against
     fp32 PyTorch, and publish those within budget (one manifest commit, ``quantization.<precision>`` recording
     budget and measurement). Raise :class:`BudgetExceededError` (after publishing the others) naming any that
     missed; their graphs never enter the bundle. int8 ranges: the bundle's (``fusionrt calibrate``), else
     collected here from ``calibration_scenes`` and saved too. ``reference``: a :func:`caption_reference`
-    computed before (shared by callers that measure several bundles or precisions)."""
+    computed before (shared by callers that measure several bundles or precisions). ``method``: only minmax."""
+    if method != METHOD:  # the only method measured for captions; a silently ignored option would mislead
+        raise QuantizationError("method", f"{METHOD} for a caption bundle", repr(method))
     unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown or not precisions:
         raise QuantizationError("precision", f"some of {', '.join(PRECISIONS)}", repr(list(precisions)))
