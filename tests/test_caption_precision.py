@@ -148,3 +148,12 @@ def test_cli_parity_on_a_caption_bundle_takes_openvino_and_refuses_other_referen
                  "-q"]) == 0
     assert "openvino fp16" in capsys.readouterr().out
     assert main(["parity", str(path), "--reference", "onnxruntime", "--scenes", "4", "-q"]) == 2
+
+
+def test_cli_quantize_on_a_caption_bundle_prints_the_caption_gates(tmp_path, capsys):
+    path = tmp_path / "bundle"
+    shutil.copytree(SHIPPED_CAPTION_BUNDLE, path)
+    assert main(["quantize", str(path), "--precision", "fp16", "--heldout-scenes", "4", "-q"]) == 0
+    line = capsys.readouterr().out
+    assert line.startswith("fp16") and "exact match 100.00%" in line and "on 4 held-out scenes: within budget" in line
+    assert Bundle.open(path).manifest["quantization"]["fp16"]["heldout"]["scenes"] == 4
