@@ -28,6 +28,7 @@ from fusionrt.calibration.autocast import (
     fp32_nodes,
     stats_feeds,
 )
+from fusionrt.calibration.caption import CAPTION_TASK, calibrate_caption, quantize_caption
 from fusionrt.calibration.errors import BudgetExceededError, CalibrationError, QuantizationError
 from fusionrt.calibration.fp16 import convert_mixed_precision
 from fusionrt.calibration.match import MATCH_TASK, draw_match_pairs, load_match_calibration
@@ -67,10 +68,21 @@ def fp32_fusion_path(bundle: Bundle) -> Path:
     return path
 
 
+def _is_caption(bundle_dir: str | Path) -> bool:
+    """A caption bundle calibrates and quantizes its two decoder graphs (:mod:`fusionrt.calibration.caption`)."""
+    return Bundle.open(bundle_dir, verify=False).task == CAPTION_TASK
+
+
 def calibrate(bundle_dir: str | Path, samples: int = DEFAULT_SAMPLES, from_dir: str | Path | None = None,
               min_samples: int = MIN_SAMPLES, progress: Progress = SILENT) -> dict[str, Any]:
     """Draw ``samples`` calibration samples from calibration scenes (or load ``from_dir``), save them as
-    ``calibration.npz`` in the bundle and record its sha256 in the manifest; return that record."""
+    ``calibration.npz`` in the bundle and record its sha256 in the manifest; return that record.
+    A caption bundle: ranges from greedy decoding of ``samples`` calibration scenes (``caption.int8.ranges.json``)."""
+    if _is_caption(bundle_dir):
+        if from_dir is not None:
+            raise CalibrationError("--from", "no feeds directory for a caption bundle (it calibrates on its own "
+                                   "decoding of calibration scenes)", str(from_dir))
+        return calibrate_caption(bundle_dir, scenes=samples, progress=progress)
     with BundleTransaction(bundle_dir) as tx:
         bundle = tx.bundle
         fp32_fusion_path(bundle)
@@ -171,7 +183,10 @@ def quantize_fp16(bundle_dir: str | Path, keep_fp32_nodes: Sequence[str] | None 
 
     The nodes kept in FP32 are measured on the calibration set (:func:`fp32_keep_set` with ``thresholds``)
     unless ``keep_fp32_nodes`` names them; every node of an op type in ``keep_fp32_ops`` is kept too.
-    The manifest records the kept nodes (with the reason of each), the thresholds and the Cast count."""
+    The manifest records the kept nodes (with the reason of each), the thresholds and the Cast count.
+    A caption bundle: both decoder graphs, measured in caption terms (:func:`quantize_caption`)."""
+    if _is_caption(bundle_dir):
+        return quantize_caption(bundle_dir, ("fp16",), heldout_scenes=heldout_scenes, progress=progress)
     with BundleTransaction(bundle_dir) as tx:
         return _quantize_fp16(tx, keep_fp32_nodes, keep_fp32_ops, thresholds, heldout_scenes, budget, evaluator,
                               progress, heldout, model)
@@ -224,7 +239,11 @@ def quantize_int8(bundle_dir: str | Path, method: str = DEFAULT_METHOD, percenti
     ``fusion.int8-cpu.onnx`` (ORT CPU U8S8) and ``fusion.int8.ranges.json`` from them, check each graph's
     budget (excluding the fewest sensitive nodes if ``sensitivity``), and register them. ``budget``: one
     budget for every graph; by default each graph gets its precision's (:meth:`HeldoutEvaluator.default_budget`).
-    ``heldout``/``model``: as for :func:`quantize_fp16`."""
+    ``heldout``/``model``: as for :func:`quantize_fp16`. A caption bundle: both decoder graphs, measured in caption
+    terms (:func:`quantize_caption`)."""
+    if _is_caption(bundle_dir):
+        return quantize_caption(bundle_dir, tuple(r.precision for r in recipes), heldout_scenes=heldout_scenes,
+                                method=method, progress=progress)
     with BundleTransaction(bundle_dir) as tx:
         return _quantize_int8(tx, method, percentile, heldout_scenes, budget, sensitivity, ranges, evaluator,
                               recipes, progress, heldout, model)

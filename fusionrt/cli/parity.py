@@ -14,7 +14,7 @@ from fusionrt.cli.output import STDOUT, add_json_option, write_json
 from fusionrt.errors import InputError
 from fusionrt.io import atomic_write_json, json_safe
 from fusionrt.parity import gates_for, run_parity
-from fusionrt.parity.caption import caption_parity, format_caption_parity
+from fusionrt.parity.caption import CAPTION_BACKENDS, caption_parity, format_caption_parity
 from fusionrt.parity.gates import EVERY_OUTPUT, PRECISIONS
 from fusionrt.parity.heldout import FeedHeldout
 from fusionrt.parity.match import MATCH_TASK, format_match_parity, match_budget, match_parity
@@ -134,8 +134,13 @@ def run_caption(args: argparse.Namespace, bundle: Bundle) -> int:
         raise InputError("--scenes", "at least 1 held-out scene for a caption bundle", str(args.scenes))
     given = per_output("--atol", args.atol).get(EVERY_OUTPUT) if args.atol else None
     atol = float(given) if given is not None else None
+    if args.candidate not in CAPTION_BACKENDS or args.reference != "torch" or args.reference_precision != "fp32":
+        raise InputError("--candidate/--reference", f"a candidate among {list(CAPTION_BACKENDS)} against torch fp32 "
+                         "for a caption bundle",
+                         f"{args.candidate} against {args.reference} {args.reference_precision}")
     report = caption_parity(bundle, scenes=args.scenes, precision=args.candidate_precision,
-                            checkpoint=args.checkpoint, max_abs=atol, progress=progress_for(args.quiet))
+                            checkpoint=args.checkpoint, max_abs=atol, backend=args.candidate,
+                            progress=progress_for(args.quiet))
     print(format_caption_parity(report))
     if args.json:
         atomic_write_json(args.json, json_safe(report))

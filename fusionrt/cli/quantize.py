@@ -10,9 +10,7 @@ import argparse
 import json
 import sys
 
-from fusionrt.bundle.manifest import Bundle
 from fusionrt.calibration import BudgetExceededError, quantize_fp16, quantize_int8
-from fusionrt.calibration.caption import quantize_caption
 from fusionrt.calibration.ranges import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS
 from fusionrt.cli import arguments
 from fusionrt.cli.model_args import add_heldout_argument, add_model_argument
@@ -51,6 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _summary(report: dict) -> list[str]:
+    if report.get("task") == "caption":  # a caption bundle: its gates in caption terms
+        return [f"{precision:<9} token-identical {100 * r['token_identical']:.2f}%, exact match "
+                f"{100 * r['exact_match']['candidate']:.2f}% (fp32 PyTorch {100 * r['exact_match']['reference']:.2f}%)"
+                + (f", BLEU {r['bleu']['candidate']:.2f} ({r['bleu']['reference']:.2f})" if r["bleu"]["candidate"]
+                   is not None else "") + f" on {r['scenes']} held-out scenes: "
+                + ("within budget" if r["passed"] else "MISSED") for precision, r in report["precisions"].items()]
     rows = []
     graphs = report.get("graphs") or {report.get("precision", "?"): report}
     for precision, entry in graphs.items():
@@ -65,11 +69,7 @@ def _summary(report: dict) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     progress = progress_for(args.quiet)
     try:
-        if Bundle.open(args.bundle).task == "caption":
-            # caption bundles calibrate on their own decoding (no `fusionrt calibrate` step); int8 writes both
-            report = quantize_caption(args.bundle, ("fp16",) if args.precision == "fp16" else ("int8-cpu", "int8"),
-                                      heldout_scenes=args.heldout_scenes, progress=progress)
-        elif args.precision == "fp16":
+        if args.precision == "fp16":
             ops = tuple(op.strip() for op in args.keep_fp32.split(",") if op.strip())
             nodes = None if args.keep_fp32_nodes is None else \
                 tuple(n.strip() for n in args.keep_fp32_nodes.split(",") if n.strip())

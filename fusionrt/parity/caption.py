@@ -10,6 +10,7 @@ of each side. Gates: token-identical on at least ``min_identical`` of the scenes
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,14 @@ from fusionrt.caption.captioner import Captioner
 from fusionrt.caption.generate import greedy
 from fusionrt.data.captions import caption_text
 from fusionrt.data.world import generate_scene, render, split_seeds
-from fusionrt.errors import BundleError
+from fusionrt.errors import BundleError, InputError
 from fusionrt.progress import SILENT, Progress
 
 MIN_IDENTICAL = 0.995
 BUDGET_POINTS = 1.0  # exact match and BLEU, against fp32 PyTorch
 FP32_MAX_ABS = 1e-4
 BATCH = 16
+CAPTION_BACKENDS = ("onnxruntime", "openvino")  # the backends with a caption stepper
 
 
 def _source_checkpoint(bundle: Bundle, checkpoint: str | Path | None) -> Path:
@@ -50,50 +52,112 @@ def bleu(hypotheses: list[str], references: list[str]) -> float | None:
     return float(sacrebleu.corpus_bleu(hypotheses, [references]).score)
 
 
-def caption_parity(bundle: Bundle, *, scenes: int = 200, precision: str = "fp32", checkpoint: str | Path | None = None,
-                   min_identical: float = MIN_IDENTICAL, max_abs: float | None = None,
-                   progress: Progress = SILENT) -> dict[str, Any]:
-    """The report (see the module docstring); ``report["passed"]`` says whether every gate held."""
+@dataclass
+class CaptionReference:
+    """The fp32 PyTorch side of caption parity on held-out scenes, computed once and shared by every precision
+    measured against it (PyTorch recompute greedy is most of a measurement's time)."""
+
+    seeds: list[int]
+    truth: list[str]  # the grammar's captions
+    batches: list[tuple[np.ndarray, np.ndarray]]  # (visual feats, visual mask) per batch of BATCH scenes
+    tokens: list[list[int]]  # PyTorch greedy ids per scene (after BOS, EOS included)
+    logits: list[list[np.ndarray]]  # per batch, per step: [B, V] PyTorch logits along its own tokens
+    texts: list[str]  # PyTorch greedy captions
+
+    @property
+    def scenes(self) -> int:
+        return len(self.seeds)
+
+    def head(self, scenes: int) -> CaptionReference:
+        """The first ``scenes`` scenes (the same held-out seeds a smaller reference would decode)."""
+        if not 1 <= scenes <= self.scenes:
+            raise InputError("scenes", f"between 1 and the reference's {self.scenes}", str(scenes))
+        batches, logits, left = [], [], scenes
+        for (visual, mask), steps in zip(self.batches, self.logits, strict=True):
+            if left <= 0:
+                break
+            batches.append((visual[:left], mask[:left]))
+            logits.append([step[:left] for step in steps])
+            left -= len(visual)
+        return CaptionReference(self.seeds[:scenes], self.truth[:scenes], batches, self.tokens[:scenes], logits,
+                                self.texts[:scenes])
+
+
+def caption_reference(bundle: Bundle, scenes: int = 200, checkpoint: str | Path | None = None,
+                      progress: Progress = SILENT) -> CaptionReference:
+    """Detect and encode ``scenes`` held-out scenes (the bundle's fp32 region encoder) and decode them greedily
+    with the PyTorch original (full recompute at every step, the step logits kept)."""
     import torch
 
     from fusionrt.model.caption_checkpoint import load_caption_checkpoint
     from fusionrt.model.caption_decode import greedy_torch
 
-    max_abs = FP32_MAX_ABS if max_abs is None and precision == "fp32" else max_abs
+    if scenes < 1:
+        raise InputError("scenes", "at least 1 held-out scene", str(scenes))
     decoder = load_caption_checkpoint(_source_checkpoint(bundle, checkpoint)).decoder
-    captioner = Captioner(bundle.path, precision)
+    captioner = Captioner(bundle.path)
     world = [generate_scene(seed) for seed in split_seeds("heldout", scenes)]
-    truth = [caption_text(s).replace(" ,", ",") for s in world]
-    identical, first_divergent, runtime_text, torch_text = [], [], [], []
+    reference = CaptionReference([int(s.seed) for s in world], [caption_text(s).replace(" ,", ",") for s in world],
+                                 [], [], [], [])
+    # One intra-op thread: this decoder's matmuls are tiny, and on a busy 2-core machine two threads contend;
+    # measured 40.7 s with 2 threads vs 3.6 s with 1 for 64 scenes (load average 6.5).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for start in progress.iterate(range(0, scenes, BATCH), "caption reference (PyTorch)", unit="batch"):
+            visual, mask = captioner.visual_inputs([render(s) for s in world[start:start + BATCH]])
+            tokens, logits = greedy_torch(decoder, torch.from_numpy(visual), torch.from_numpy(mask),
+                                          return_logits=True, use_cache=False)
+            reference.batches.append((visual, mask))
+            reference.tokens += tokens
+            reference.logits.append([step.numpy() for step in logits])
+            reference.texts += [captioner.decode(t) for t in tokens]
+    finally:
+        torch.set_num_threads(threads)
+    return reference
+
+
+def caption_parity(bundle: Bundle, *, scenes: int = 200, precision: str = "fp32", checkpoint: str | Path | None = None,
+                   min_identical: float = MIN_IDENTICAL, max_abs: float | None = None,
+                   reference: CaptionReference | None = None, backend: str = "onnxruntime",
+                   progress: Progress = SILENT) -> dict[str, Any]:
+    """The report (see the module docstring); ``report["passed"]`` says whether every gate held. ``reference``:
+    one computed before (its scenes are used and ``scenes``/``checkpoint`` ignored); ``backend``: the candidate's
+    (``onnxruntime`` or ``openvino``)."""
+    max_abs = FP32_MAX_ABS if max_abs is None and precision == "fp32" else max_abs
+    if reference is None:
+        reference = caption_reference(bundle, scenes, checkpoint, progress)
+    captioner = Captioner(bundle.path, precision, backend=backend)
+    candidate: list[list[int]] = []
     step_error: list[float] = []
-    for start in progress.iterate(range(0, scenes, BATCH), "caption parity", unit="batch"):
-        images = [render(s) for s in world[start:start + BATCH]]
-        visual, mask = captioner.visual_inputs(images)
-        reference, logits = greedy_torch(decoder, torch.from_numpy(visual), torch.from_numpy(mask),
-                                         return_logits=True, use_cache=False)
-        candidate = greedy(captioner.stepper, visual, mask, bos=captioner.bos, eos=captioner.eos,
-                           max_new_tokens=captioner.max_new_tokens)
-        for ref, cand in zip(reference, candidate, strict=True):
-            identical.append(ref == cand)
-            first_divergent.append(None if ref == cand else
-                                   next((i for i, (a, b) in enumerate(zip(ref, cand, strict=False)) if a != b),
-                                        min(len(ref), len(cand))))
-            runtime_text.append(captioner.decode(cand))
-            torch_text.append(captioner.decode(ref))
+    offset = 0
+    for (visual, mask), logits in progress.iterate(list(zip(reference.batches, reference.logits, strict=True)),
+                                                   f"caption parity ({precision})", unit="batch"):
+        rows = reference.tokens[offset:offset + len(visual)]
+        offset += len(visual)
+        candidate += greedy(captioner.stepper, visual, mask, bos=captioner.bos, eos=captioner.eos,
+                            max_new_tokens=captioner.max_new_tokens)
+        # Teacher-forced along PyTorch's tokens: every step compares the same prefix, even after a divergence.
         captioner.stepper.start(visual, mask)
-        ids = np.full((len(images), 1), captioner.bos, dtype=np.int64)
+        ids = np.full((len(visual), 1), captioner.bos, dtype=np.int64)
         for step, expected in enumerate(logits):
-            live = np.array([len(r) > step for r in reference])
+            live = np.array([len(r) > step for r in rows])
             got = captioner.stepper.step(ids)[:, -1]
-            error = float(np.abs(got - expected.numpy())[live].max())
+            error = float(np.abs(got - expected)[live].max(initial=0.0))  # a head() may hold finished rows only
             step_error += [0.0] * (step + 1 - len(step_error))
             step_error[step] = max(step_error[step], error)
-            ids = expected.numpy().argmax(-1)[:, None].astype(np.int64)
+            ids = expected.argmax(-1)[:, None].astype(np.int64)
+    identical = [ref == cand for ref, cand in zip(reference.tokens, candidate, strict=True)]
+    first_divergent = [None if same else next((i for i, (a, b) in enumerate(zip(ref, cand, strict=False)) if a != b),
+                                              min(len(ref), len(cand)))
+                       for ref, cand, same in zip(reference.tokens, candidate, identical, strict=True)]
+    runtime_text = [captioner.decode(c) for c in candidate]
+    truth = reference.truth
     fraction = float(np.mean(identical))
     worst = max(step_error) if step_error else 0.0
     exact = {"candidate": float(np.mean([a == b for a, b in zip(runtime_text, truth, strict=True)])),
-             "reference": float(np.mean([a == b for a, b in zip(torch_text, truth, strict=True)]))}
-    scores = {"candidate": bleu(runtime_text, truth), "reference": bleu(torch_text, truth)}
+             "reference": float(np.mean([a == b for a, b in zip(reference.texts, truth, strict=True)]))}
+    scores = {"candidate": bleu(runtime_text, truth), "reference": bleu(reference.texts, truth)}
     if precision == "fp32":
         gates = {"token_identical": {"value": fraction, "min": min_identical, "passed": fraction >= min_identical}}
     else:  # a reduced precision may change tokens; its budget is in caption terms
@@ -105,12 +169,15 @@ def caption_parity(bundle: Bundle, *, scenes: int = 200, precision: str = "fp32"
                                          "passed": bleu_drop <= BUDGET_POINTS}
     if max_abs is not None:
         gates["logits_max_abs"] = {"value": worst, "max": max_abs, "passed": worst <= max_abs}
+    divergent = [d for d in first_divergent if d is not None]
     return {
-        "task": "caption", "precision": precision, "scenes": scenes, "reference": "torch fp32 (greedy, recompute)",
-        "candidate": f"onnxruntime {precision} (greedy, KV cache)",
+        "task": "caption", "precision": precision, "scenes": reference.scenes,
+        "reference": "torch fp32 (greedy, recompute)", "candidate": f"{backend} {precision} (greedy, KV cache)",
+        "backend": backend,
         "token_identical": fraction,
-        "divergent_scenes": [{"seed": int(s.seed), "first_divergent_step": d}
-                             for s, d in zip(world, first_divergent, strict=True) if d is not None],
+        "first_divergent_step": min(divergent) if divergent else None,
+        "divergent_scenes": [{"seed": seed, "first_divergent_step": d}
+                             for seed, d in zip(reference.seeds, first_divergent, strict=True) if d is not None],
         "per_step_logits_max_abs": step_error,
         "exact_match": exact, "bleu": scores,
         "gates": gates, "passed": all(g["passed"] for g in gates.values()),
@@ -120,7 +187,9 @@ def caption_parity(bundle: Bundle, *, scenes: int = 200, precision: str = "fp32"
 def format_caption_parity(report: dict[str, Any]) -> str:
     lines = [f"caption parity on {report['scenes']} held-out scenes ({report['precision']}): "
              f"{report['candidate']} vs {report['reference']}",
-             f"  token-identical greedy captions: {100 * report['token_identical']:.2f}%",
+             f"  token-identical greedy captions: {100 * report['token_identical']:.2f}%"
+             + (f" (earliest first divergent step: {report['first_divergent_step']})"
+                if report.get("first_divergent_step") is not None else ""),
              f"  exact match: candidate {100 * report['exact_match']['candidate']:.2f}%, reference "
              f"{100 * report['exact_match']['reference']:.2f}%"]
     if report["bleu"]["candidate"] is not None:

@@ -39,6 +39,7 @@ from fusionrt.parity.accuracy import accuracy_by_kind
 from fusionrt.parity.budgets import CUSTOM_BUDGETS, measured_text
 from fusionrt.parity.heldout import FeedHeldout, Heldout, HeldoutEvaluator, HeldoutSet, MemoizedRuns
 from fusionrt.pipeline import match as match_stages
+from fusionrt.pipeline.caption import is_caption_checkpoint, run_caption_stages
 from fusionrt.pipeline.lock import bundle_lock
 from fusionrt.pipeline.result import Gate, PipelineResult, StageRecord
 from fusionrt.progress import SILENT, Progress
@@ -538,7 +539,10 @@ def run_pipeline(config: PipelineConfig, progress: Progress = SILENT,
         run.check_target()
         run.clean_staging()
         try:
-            _run_stages(run)
+            if not run.custom and is_caption_checkpoint(run.checkpoint):  # task read from the checkpoint
+                run_caption_stages(run)
+            else:
+                _run_stages(run)
         except GateFailed as exc:
             exc.result = run.result  # type: ignore[attr-defined]
             raise
