@@ -87,7 +87,7 @@ class OrtBufferStepper(OrtStepper):
         for name, value in self._state.items():
             self._binding.bind_ortvalue_input(name, value)
         self._bind_visual()
-        self._outputs_new = -1  # outputs rebound at the next step
+        self._bind_outputs(1)  # one token a step, the usual case: the first step then costs like the others
 
     def _bind_outputs(self, new: int) -> None:
         model = self.model
