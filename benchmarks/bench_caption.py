@@ -10,7 +10,7 @@ decode and a pause, engines in rotating order block by block (never alternating 
 
 - time to first token: the visual cache (``start``) plus the first step;
 - per-token latency at each position (median over the decodes), and last / first;
-- tokens/s: ``B x steps`` over the decode's time (start + every step);
+- tokens/s: ``B x steps`` over the decode's time (median start + the per-position medians);
 - the issue's targets: the best path's tokens/s over PyTorch-with-cache at B=1 (>= 3x) and B=8 (>= 2x), and
   its last-position latency over its first (<= 1.3x);
 - one image end to end (detect, encode, generate with the Captioner's default path): p50 of each part.
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fusionrt.bench.caption_forms import forced_decode
+from fusionrt.bench.caption_forms import time_decodes
 from fusionrt.bundle.manifest import Bundle
 from fusionrt.caption.captioner import SHIPPED_CAPTION_BUNDLE, Captioner
 from fusionrt.caption.forms import FORMS, available_forms, cache_form, make_stepper
@@ -80,29 +80,16 @@ def engines(bundle: Bundle, threads: int) -> dict[str, tuple[str, object]]:
 
 def time_engines(steppers: dict[str, tuple[str, object]], visual: np.ndarray, mask: np.ndarray, steps: int,
                  bos: int, runs: int, block: int, pause: float) -> dict[str, dict]:
-    """Per engine: the (start, per-step) seconds of ``runs`` forced decodes, in rotating blocks."""
-    names = list(steppers)
-    samples: dict[str, list] = {name: [] for name in names}
-    for name in names:  # warm-up: sessions allocate their arenas, torch its kernels
-        forced_decode(steppers[name][1], visual, mask, steps, bos)
-    for round_index in range((runs + block - 1) // block):
-        order = names[round_index % len(names):] + names[:round_index % len(names)]
-        for name in order:
-            time.sleep(pause)  # the previous engine's spinning threads go to sleep
-            stepper = steppers[name][1]
-            forced_decode(stepper, visual, mask, steps, bos)  # untimed: wakes this engine's threads
-            samples[name] += [forced_decode(stepper, visual, mask, steps, bos) for _ in range(block)]
-    batch = visual.shape[0]
+    """Per engine: TTFT, per-token latency at each position, tokens/s (fusionrt.bench.caption_forms.time_decodes)."""
+    timed = time_decodes({name: stepper for name, (_, stepper) in steppers.items()}, visual, mask, steps, bos,
+                         runs, block, pause)
     out = {}
-    for name, runs_of in samples.items():
-        per_step = np.median(np.array([r[1] for r in runs_of]), axis=0)
-        start = float(np.median([r[0] for r in runs_of]))
-        totals = [r[0] + sum(r[1]) for r in runs_of]
-        out[name] = {"kind": steppers[name][0], "decodes": len(runs_of), "start_ms": 1e3 * start,
-                     "ttft_ms": 1e3 * (start + per_step[0]), "per_token_ms": (1e3 * per_step).round(5).tolist(),
-                     "first_ms": 1e3 * float(per_step[0]), "last_ms": 1e3 * float(per_step[-1]),
-                     "last_over_first": float(per_step[-1] / per_step[0]),
-                     "tokens_per_s": batch * steps / float(np.median(totals))}
+    for name, t in timed.items():
+        per_step = t["per_token_ms"]
+        out[name] = {"kind": steppers[name][0], "decodes": t["decodes"], "start_ms": t["start_ms"],
+                     "ttft_ms": t["start_ms"] + per_step[0], "per_token_ms": per_step, "first_ms": per_step[0],
+                     "last_ms": per_step[-1], "last_over_first": per_step[-1] / per_step[0],
+                     "tokens_per_s": visual.shape[0] * steps / (1e-3 * t["decode_ms"])}
     return out
 
 

@@ -1,10 +1,11 @@
 """Measure the KV-cache forms of a caption bundle per backend and record the faster one in its manifest.
 
 Each candidate (backend x form x batch) is one forced greedy decode of ``steps`` tokens (EOS ignored, so
-every candidate does the same work) after the visual cache; candidates are timed in blocks of consecutive
-decodes in rotating order (:func:`fusionrt.bench.timing.time_blocks`). A backend's form is the one with the
-lower geometric mean over the batches of the median decode time. The choice goes into the manifest's
-``cache_forms`` section, which :func:`fusionrt.caption.forms.cache_form` reads.
+every candidate does the same work) after the visual cache; candidates are timed step by step in blocks of
+consecutive decodes, in rotating order with a pause before each block (:func:`time_decodes`). A decode's time
+is the median start plus the per-position medians (on a shared machine one preempted step would otherwise
+decide). A backend's form is the one with the lower geometric mean of that time over the batches. The choice
+goes into the manifest's ``cache_forms`` section, which :func:`fusionrt.caption.forms.cache_form` reads.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from fusionrt.bench.timing import time_blocks
 from fusionrt.bundle.manifest import Bundle
 from fusionrt.bundle.transaction import update_manifest
 from fusionrt.caption.forms import FORMS, MANIFEST_SECTION, available_forms, make_stepper
@@ -48,6 +48,31 @@ def timing_inputs(bundle: Bundle, batch: int, regions: int = 8, seed: int = 0) -
     return feats, np.ones((batch, regions), dtype=bool)
 
 
+def time_decodes(steppers: dict[str, Stepper], visual_feats: np.ndarray, visual_mask: np.ndarray, steps: int,
+                 bos: int, runs: int = 20, block: int = 5, pause: float = 0.2) -> dict[str, dict[str, Any]]:
+    """Per stepper: ``start_ms`` (median), ``per_token_ms`` (median at each position) and ``decode_ms`` (their
+    sum) over ``runs`` forced decodes, after one warm-up decode each; blocks of ``block`` consecutive decodes
+    after ``pause`` seconds and one untimed decode, steppers in rotating order block by block."""
+    names = list(steppers)
+    samples: dict[str, list[tuple[float, list[float]]]] = {name: [] for name in names}
+    for name in names:  # warm-up: sessions size their arenas, torch picks its kernels
+        forced_decode(steppers[name], visual_feats, visual_mask, steps, bos)
+    for round_index in range((runs + block - 1) // block):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            time.sleep(pause)  # the previous engine's spinning threads go to sleep
+            forced_decode(steppers[name], visual_feats, visual_mask, steps, bos)  # wakes this engine's threads
+            samples[name] += [forced_decode(steppers[name], visual_feats, visual_mask, steps, bos)
+                              for _ in range(block)]
+    out = {}
+    for name, decodes in samples.items():
+        per_step = 1e3 * np.median(np.array([d[1] for d in decodes]), axis=0)
+        start = 1e3 * float(np.median([d[0] for d in decodes]))
+        out[name] = {"decodes": len(decodes), "start_ms": start, "per_token_ms": per_step.round(5).tolist(),
+                     "decode_ms": start + float(per_step.sum())}
+    return out
+
+
 def measure_cache_forms(bundle: Bundle, backends: Sequence[str] = ("onnxruntime", "openvino"),
                         batches: Sequence[int] = (1, 8), steps: int = 40, runs: int = 20,
                         threads: int | None = None) -> dict[str, dict[str, dict[str, float]]]:
@@ -55,21 +80,18 @@ def measure_cache_forms(bundle: Bundle, backends: Sequence[str] = ("onnxruntime"
     if not 1 <= steps < int(bundle.model["max_text_len"]):
         raise InputError("steps", f"an integer in [1, {int(bundle.model['max_text_len']) - 1}]", repr(steps))
     bos = int(bundle.model["bos_id"])
-    candidates, keys = {}, {}
+    steppers = {}
     for backend in backends:
         if backend not in FORMS:
             raise InputError("backend", f"one of {sorted(FORMS)}", repr(backend))
         for form in available_forms(bundle):
-            stepper = make_stepper(bundle, backend, threads=threads, form=form)
-            for batch in batches:
-                feats, mask = timing_inputs(bundle, batch)
-                name = f"{backend}/{form}/B={batch}"
-                candidates[name] = (lambda s=stepper, f=feats, m=mask: forced_decode(s, f, m, steps, bos))
-                keys[name] = (backend, form, f"B={batch}")
-    times = time_blocks(candidates, runs, warmup=2, block=5, pause=0.2)
+            steppers[(backend, form)] = make_stepper(bundle, backend, threads=threads, form=form)
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for name, (backend, form, batch) in keys.items():
-        out.setdefault(backend, {}).setdefault(form, {})[batch] = float(np.median(times[name]))
+    for batch in batches:
+        feats, mask = timing_inputs(bundle, batch)
+        times = time_decodes({f"{b}/{f}": s for (b, f), s in steppers.items()}, feats, mask, steps, bos, runs)
+        for backend, form in steppers:
+            out.setdefault(backend, {}).setdefault(form, {})[f"B={batch}"] = times[f"{backend}/{form}"]["decode_ms"]
     return out
 
 

@@ -28,7 +28,10 @@ FORMS: dict[str, dict[str, type]] = {
     "onnxruntime": {CONCAT: OrtStepper, BUFFER: OrtBufferStepper},
     "openvino": {CONCAT: OpenVinoStepper, BUFFER: OpenVinoBufferStepper},
 }
-DEFAULT_FORMS = {"onnxruntime": CONCAT, "openvino": BUFFER}
+# Measured on the shared 2-core machine (benchmarks/RESULTS.md, "Captioning"): OpenVINO's buffer form is clearly
+# faster; on ONNX Runtime the two forms are within noise in throughput, and the buffer form's cost is flat over
+# the positions while the concat form's grows (B=8: last token 1.2-1.5x the first).
+DEFAULT_FORMS = {"onnxruntime": BUFFER, "openvino": BUFFER}
 MANIFEST_SECTION = "cache_forms"
 
 
