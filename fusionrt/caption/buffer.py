@@ -1,10 +1,11 @@
 """Steppers over the buffer form of the step graph (``caption_step_buffer``, :mod:`fusionrt.model.caption_buffer`).
 
 The KV cache is one host buffer per K and V of the bundle's capacity (``max_text_len`` positions), allocated
-once per sequence. The backend reads it in place every step (an ``OrtValue`` / ``ov.Tensor`` over the same
-memory, bound once); the graph returns only the new positions' keys and values, which the stepper copies into
-the buffer at the current position. Nothing grows or is reallocated between steps, so a step costs the same at
-every position; the price is attention over all C slots from the first step on.
+once and reused by the next sequence of the same batch size. The backend reads it in place every step (an
+``OrtValue`` / ``ov.Tensor`` over the same memory, bound once); the graph returns only the new positions' keys
+and values, which the stepper copies into the buffer at the current position. Nothing grows or is reallocated
+between steps, so a step costs the same at every position; the price is attention over all C slots from the
+first step on.
 
 Same interface as :class:`fusionrt.caption.steppers.OrtStepper` (``start``, ``step``, ``select``, ``batch``,
 ``past_length``).
@@ -33,6 +34,15 @@ class HostCache:
         self.value = np.zeros_like(self.key)
         self.mask = np.zeros((batch, self.capacity), dtype=bool)
         self.position = np.zeros(1, dtype=np.int64)
+
+    def reset(self) -> None:
+        """Start a new sequence in the same buffers: slots are unmarked, their stale values stay (the graph gives
+        unmarked slots zero weight), so nothing is reallocated or rebound."""
+        self.mask.fill(False)
+        self.position[0] = 0
+
+    def fits(self, batch: int) -> bool:
+        return self.mask.shape[0] == batch
 
     def check_room(self, new: int) -> None:
         if int(self.position[0]) + new > self.capacity:
@@ -70,8 +80,12 @@ class OrtBufferStepper(OrtStepper):
         self.visual_key, self.visual_value = binding.get_outputs()
         self.visual_mask = self._value(visual_mask.astype(bool))
         self.batch = visual_feats.shape[0]
-        self.cache = HostCache(self.model, self.batch)
         self.past_length = 0
+        if getattr(self, "cache", None) is not None and self.cache.fits(self.batch):
+            self.cache.reset()  # same batch size: the bound buffers serve the new sequence
+            self._bind_visual()
+            return
+        self.cache = HostCache(self.model, self.batch)
         self._binding = self.step_session.io_binding()
         self._bind_state()
 
@@ -145,6 +159,11 @@ class OpenVinoBufferStepper(OpenVinoStepper):
 
     def start(self, visual_feats: np.ndarray, visual_mask: np.ndarray) -> None:
         super().start(visual_feats, visual_mask)  # the visual cache as ov.Tensors (own copies)
+        if getattr(self, "cache", None) is not None and self.cache.fits(self.batch):
+            self.cache.reset()  # same batch size: the set buffers serve the new sequence
+            for name in ("visual_key", "visual_value", "visual_mask"):
+                self.request.set_tensor(name, getattr(self, name))
+            return
         self.cache = HostCache(self.model, self.batch)
         self._set_state()
 
