@@ -9,6 +9,9 @@ dropping finished rows.
   are bound as the next step's past, never copied through numpy; only the logits come back.
 - :class:`OpenVinoStepper`: OpenVINO, the cache kept in ``ov.Tensor``s between steps.
 - :class:`TorchStepper`: the PyTorch original with its own cache (the reference; imports torch).
+
+These run the concat form of the cache (``caption_step``); :mod:`fusionrt.caption.buffer` has the buffer form
+and :func:`fusionrt.caption.forms.make_stepper` picks the form a backend runs.
 """
 
 from __future__ import annotations
