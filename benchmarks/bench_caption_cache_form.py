@@ -1,163 +1,90 @@
-"""Fixed-capacity KV cache vs growing tensors (plain Concat) on ONNX Runtime CPU, same weights, one run.
+"""KV-cache form per backend on a caption bundle: growing Concat (``caption_step``) vs a fixed-capacity buffer
+written at position P (``caption_step_buffer``), on ONNX Runtime and OpenVINO, in one run.
 
-    .venv/bin/python benchmarks/bench_caption_cache_form.py [--runs 5] [--threads 2]
+    .venv/bin/python benchmarks/bench_caption_cache_form.py [--bundle fusionrt/assets/caption-bundle]
+        [--runs 20] [--steps 40] [--threads 2] [--record]
 
-Growing: the shipped ``caption_step`` graph; each step returns a present cache of P+1 positions (ORT allocates
-it; IO binding hands it to the next step). Fixed capacity: one buffer of ``max_text_len`` positions per
-K and V, the new key/value written at position P with a Where (ORT GenAI's past_present_share_buffer idea in
-plain ONNX), attention over all positions with the unwritten ones masked; the output is bound to a second
-preallocated buffer and the two swap every step (plain ONNX cannot alias an output to its input). Checks the
-two forms give the same logits, then times B=1 and B=8 greedy decodes of 40 tokens, each form in blocks.
+Each backend x form x batch (B=1, B=8) is a forced greedy decode of ``--steps`` tokens, timed in blocks of five
+consecutive decodes in rotating order (fusionrt.bench.caption_forms). Before timing, each form's cached
+decoding is checked against the PyTorch model recomputing the whole prefix: logits within 1e-4 at every step.
+``--record`` writes the faster form per backend into the bundle's manifest (section ``cache_forms``), which
+the Captioner then runs. Takes about a minute.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
+import os
 import sys
-import time
 
 import numpy as np
-import onnxruntime as ort
 import torch
-from torch import nn
 
+from fusionrt.bench.caption_forms import choose_cache_forms, forced_decode, timing_inputs
 from fusionrt.bundle.manifest import Bundle
-from fusionrt.caption.captioner import SHIPPED_CAPTION_BUNDLE, Captioner
-from fusionrt.caption.steppers import OrtStepper, cache_shape
-from fusionrt.data.world import generate_scene, render, split_seeds
-from fusionrt.model.caption import CaptionDecoder
+from fusionrt.caption.captioner import SHIPPED_CAPTION_BUNDLE
+from fusionrt.caption.forms import FORMS, available_forms, make_stepper
 from fusionrt.model.caption_checkpoint import load_caption_checkpoint
 
 
-class FixedCapacityStep(nn.Module):
-    """One token per row at position ``position`` into caches of fixed capacity C."""
-
-    def __init__(self, decoder: CaptionDecoder) -> None:
-        super().__init__()
-        self.d = decoder
-
-    def forward(self, input_ids, position, cache_mask, key_buf, value_buf, visual_key, visual_value, visual_mask):
-        d = self.d
-        capacity = key_buf.shape[3]
-        write = torch.arange(capacity) == position  # [C]
-        text = d.text_norm(d.token_embedding(input_ids) + d.position_embedding(position)[None])
-        allowed = torch.cat([cache_mask | write[None], visual_mask], dim=1)[:, None, None, :]
-        bias = torch.where(allowed, torch.zeros(()), torch.full((), d.config.mask_fill))
-        keys_out, values_out = [], []
-        for index, layer in enumerate(d.layers):
-            normed = layer.attention_norm(text)
-            q = layer.split(layer.query(normed) * layer.scale)
-            slot = write[None, None, :, None]
-            k = torch.where(slot, layer.split(layer.key(normed)), key_buf[index])
-            v = torch.where(slot, layer.split(layer.value(normed)), value_buf[index])
-            probs = torch.softmax(torch.matmul(q, torch.cat([k, visual_key[index]], 2).transpose(-1, -2)) + bias, -1)
-            context = torch.matmul(probs, torch.cat([v, visual_value[index]], 2)).transpose(1, 2)
-            text = text + layer.out(context.reshape(text.shape[0], 1, -1))
-            text = text + layer.feed_forward(layer.feed_forward_norm(text))
-            keys_out.append(k)
-            values_out.append(v)
-        return d.lm_head(d.final_norm(text)), torch.stack(keys_out), torch.stack(values_out)
-
-
-NAMES = ["input_ids", "position", "cache_mask", "key_buf", "value_buf", "visual_key", "visual_value", "visual_mask"]
-
-
-def export_fixed(decoder: CaptionDecoder, threads: int) -> ort.InferenceSession:
-    c = decoder.config
-    shape = (c.layers, 2, c.heads, c.max_text_len, c.head_dim)
-    vshape = (c.layers, 2, c.heads, 5, c.head_dim)
-    args = (torch.zeros((2, 1), dtype=torch.long), torch.tensor([3]),
-            torch.zeros((2, c.max_text_len), dtype=torch.bool),
-            torch.zeros(shape), torch.zeros(shape), torch.zeros(vshape), torch.zeros(vshape),
-            torch.ones((2, 5), dtype=torch.bool))
-    buffer = io.BytesIO()
-    torch.onnx.export(FixedCapacityStep(decoder).eval(), args, buffer, dynamo=False, opset_version=17,
-                      input_names=NAMES, output_names=["logits", "key_out", "value_out"],
-                      dynamic_axes={"input_ids": {0: "B"}, "cache_mask": {0: "B"}, "key_buf": {1: "B"},
-                                    "value_buf": {1: "B"}, "visual_key": {1: "B", 3: "M"},
-                                    "visual_value": {1: "B", 3: "M"}, "visual_mask": {0: "B", 1: "M"},
-                                    "logits": {0: "B"}, "key_out": {1: "B"}, "value_out": {1: "B"}})
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    return ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
-
-
-class FixedStepper:
-    def __init__(self, session, visual: OrtStepper, model: dict) -> None:
-        self.session, self.visual, self.model = session, visual, model
-
-    def start(self, feats, mask):
-        self.visual.start(feats, mask)  # the visual graph and its OrtValues
-        batch = feats.shape[0]
-        shape = cache_shape(self.model, batch, int(self.model["max_text_len"]))
-        self.buffers = [[ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32)) for _ in range(2)]
-                        for _ in range(2)]  # [key, value] x [ping, pong]
-        self.cache_mask = np.zeros((batch, shape[3]), dtype=bool)
-        self.position, self.current = 0, 0
-
-    def step(self, ids, new_mask=None):
-        binding = self.session.io_binding()
-        binding.bind_cpu_input("input_ids", np.ascontiguousarray(ids, dtype=np.int64))
-        binding.bind_cpu_input("position", np.array([self.position], dtype=np.int64))
-        binding.bind_cpu_input("cache_mask", self.cache_mask)
-        src, dst = self.current, 1 - self.current
-        binding.bind_ortvalue_input("key_buf", self.buffers[0][src])
-        binding.bind_ortvalue_input("value_buf", self.buffers[1][src])
-        binding.bind_ortvalue_input("visual_key", self.visual.visual_key)
-        binding.bind_ortvalue_input("visual_value", self.visual.visual_value)
-        binding.bind_ortvalue_input("visual_mask", self.visual.visual_mask)
-        binding.bind_output("logits", "cpu")
-        binding.bind_ortvalue_output("key_out", self.buffers[0][dst])
-        binding.bind_ortvalue_output("value_out", self.buffers[1][dst])
-        self.session.run_with_iobinding(binding)
-        self.cache_mask[:, self.position] = True
-        self.position, self.current = self.position + 1, dst
-        return binding.get_outputs()[0].numpy()
-
-
-def decode(stepper, feats, mask, steps, bos):
+def recompute_error(bundle: Bundle, backend: str, form: str, steps: int) -> float:
+    """Largest |logit| difference over ``steps`` cached steps (B=3, partly masked regions) vs recompute."""
+    decoder = load_caption_checkpoint().decoder
+    feats, mask = timing_inputs(bundle, 3, seed=1)
+    mask[1, 5:] = False
+    mask[2, 1:] = False
+    stepper = make_stepper(bundle, backend, form=form)
     stepper.start(feats, mask)
-    ids = np.full((feats.shape[0], 1), bos, dtype=np.int64)
-    per_step, all_logits = [], []
+    ids = np.full((3, 1), int(bundle.model["bos_id"]), dtype=np.int64)
+    history, worst = ids, 0.0
     for _ in range(steps):
-        t0 = time.perf_counter()
-        logits = stepper.step(ids)
-        per_step.append(time.perf_counter() - t0)
-        all_logits.append(logits[:, -1])
-        ids = logits[:, -1].argmax(-1)[:, None].astype(np.int64)
-    return per_step, all_logits
+        logits = stepper.step(ids)[:, -1]
+        with torch.inference_mode():
+            full = decoder(torch.from_numpy(history), torch.ones(history.shape, dtype=torch.bool),
+                           torch.from_numpy(feats), torch.from_numpy(mask))[:, -1].numpy()
+        worst = max(worst, float(np.abs(logits - full).max()))
+        ids = logits.argmax(-1)[:, None].astype(np.int64)
+        history = np.concatenate([history, ids], axis=1)
+    return worst
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--bundle", default=str(SHIPPED_CAPTION_BUNDLE))
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--record", action="store_true", help="write the choice into the bundle's manifest")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"$ {' '.join(['python', *sys.argv])}")
-    bundle = Bundle.open(SHIPPED_CAPTION_BUNDLE)
-    captioner = Captioner(bundle.path, threads=args.threads)
-    decoder = load_caption_checkpoint().decoder
-    growing = OrtStepper(bundle, threads=args.threads)
-    fixed = FixedStepper(export_fixed(decoder, args.threads), OrtStepper(bundle, threads=args.threads), bundle.model)
-    images = [render(generate_scene(s, num_objects=8)) for s in split_seeds("heldout", 8, start=5000)]
-    steps = 40
-    for batch in (1, 8):
-        feats, mask = captioner.visual_inputs(images[:batch])
-        _, a = decode(growing, feats, mask, steps, captioner.bos)
-        _, b = decode(fixed, feats, mask, steps, captioner.bos)
-        error = max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True))
-        timings = {}
-        for name, stepper in (("growing", growing), ("fixed", fixed)):
-            decode(stepper, feats, mask, steps, captioner.bos)
-            runs = [decode(stepper, feats, mask, steps, captioner.bos)[0] for _ in range(args.runs)]
-            timings[name] = np.median(np.array(runs), axis=0) * 1e3
-            time.sleep(0.5)
-        g, f = timings["growing"], timings["fixed"]
-        print(f"B={batch}: logits max abs diff {error:.2e}; per step ms (median of {args.runs}) growing "
-              f"total {g.sum():.2f} first {g[0]:.3f} last {g[-1]:.3f} | fixed total {f.sum():.2f} first "
-              f"{f[0]:.3f} last {f[-1]:.3f} | fixed/growing {f.sum() / g.sum():.2f}")
+    command = " ".join(["python", *sys.argv])
+    print(f"$ {command}\nload average before: {os.getloadavg()}")
+    bundle = Bundle.open(args.bundle)
+    for backend in FORMS:
+        for form in available_forms(bundle):
+            error = recompute_error(bundle, backend, form, args.steps)
+            print(f"{backend} {form}: max |logit - recompute| over {args.steps} steps {error:.2e}")
+            if error > 1e-4:
+                print("FAILED: cached decoding differs from recompute past 1e-4")
+                return 1
+    section = choose_cache_forms(bundle.path, record=args.record, command=command, runs=args.runs,
+                                 steps=args.steps, threads=args.threads)
+    for backend, forms in section["decode_ms"].items():
+        for form, by_batch in forms.items():
+            cells = ", ".join(f"{b} {ms:.2f} ms ({ms / args.steps * 1e3:.0f} us/token)" for b, ms in by_batch.items())
+            print(f"{backend:12s} {form:7s} {cells}")
+    print(f"choice: {section['choice']} ({'recorded in the manifest' if args.record else 'not recorded'}); "
+          f"load average {section['load_average']}")
+    # per-position flatness of each form at B=8 (one decode, after a warm-up)
+    feats, mask = timing_inputs(bundle, 8)
+    for backend in FORMS:
+        for form in available_forms(bundle):
+            stepper = make_stepper(bundle, backend, threads=args.threads, form=form)
+            forced_decode(stepper, feats, mask, args.steps, int(bundle.model["bos_id"]))
+            per = np.median([forced_decode(stepper, feats, mask, args.steps, int(bundle.model["bos_id"]))[1]
+                             for _ in range(5)], axis=0) * 1e6
+            print(f"{backend:12s} {form:7s} B=8 per token first {per[0]:.0f} us, last {per[-1]:.0f} us, "
+                  f"last/first {per[-1] / per[0]:.2f}")
     return 0
 
 

@@ -39,31 +39,37 @@ def stream_greedy(stepper: Stepper, visual_feats: np.ndarray, visual_mask: np.nd
     done = np.zeros(batch, dtype=bool)
     ids = np.full((batch, 1), bos, dtype=np.int64)
     for _ in range(max_new_tokens):
-        token = stepper.step(ids)[:, -1].argmax(-1).astype(np.int64)
+        token = stepper.step(ids)[:, -1].argmax(-1).astype(np.int64, copy=False)
         out = np.full(batch, FINISHED, dtype=np.int64)
+        if drop_finished:  # every row the stepper holds is running: few array operations per step
+            out[live] = token
+            yield out
+            ended = token == eos
+            if ended.any():
+                done[live[ended]] = True
+                if done.all():
+                    return
+                keep = np.flatnonzero(~ended)
+                stepper.select(keep)
+                live, token = live[keep], token[keep]
+            ids = token[:, None]
+            continue
         running = ~done[live]
         out[live[running]] = token[running]
         yield out
         done[live[running & (token == eos)]] = True
         if done.all():
             return
-        if drop_finished and done[live].any():
-            keep = np.nonzero(~done[live])[0]
-            stepper.select(keep)
-            live, token = live[keep], token[keep]
         ids = np.where(done[live], eos, token)[:, None]
 
 
 def greedy(stepper: Stepper, visual_feats: np.ndarray, visual_mask: np.ndarray, *, bos: int, eos: int,
            max_new_tokens: int, drop_finished: bool = True) -> list[list[int]]:
     """Greedy token ids of each row after BOS (EOS included when reached)."""
-    rows: list[list[int]] = [[] for _ in range(visual_feats.shape[0])]
-    for tokens in stream_greedy(stepper, visual_feats, visual_mask, bos=bos, eos=eos,
-                                max_new_tokens=max_new_tokens, drop_finished=drop_finished):
-        for row, token in enumerate(tokens):
-            if token != FINISHED:
-                rows[row].append(int(token))
-    return rows
+    steps = list(stream_greedy(stepper, visual_feats, visual_mask, bos=bos, eos=eos, max_new_tokens=max_new_tokens,
+                               drop_finished=drop_finished))
+    table = np.stack(steps, axis=1)  # [B, steps]; a row is FINISHED from its end on
+    return [row[row != FINISHED].tolist() for row in table]
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -9,6 +9,9 @@ dropping finished rows.
   are bound as the next step's past, never copied through numpy; only the logits come back.
 - :class:`OpenVinoStepper`: OpenVINO, the cache kept in ``ov.Tensor``s between steps.
 - :class:`TorchStepper`: the PyTorch original with its own cache (the reference; imports torch).
+
+These run the concat form of the cache (``caption_step``); :mod:`fusionrt.caption.buffer` has the buffer form
+and :func:`fusionrt.caption.forms.make_stepper` picks the form a backend runs.
 """
 
 from __future__ import annotations
@@ -41,7 +44,13 @@ def cache_shape(model: dict[str, Any], batch: int, length: int) -> tuple[int, in
 
 
 class OrtStepper:
-    """The step and visual graphs of a caption bundle on ONNX Runtime, cache kept in OrtValues."""
+    """The step and visual graphs of a caption bundle on ONNX Runtime, cache kept in OrtValues.
+
+    One IO binding per sequence: the visual cache is bound once in :meth:`start` (and again after
+    :meth:`select`); a step rebinds only what changed (new ids and masks, the past cache) and its outputs,
+    which ORT allocates at the new length."""
+
+    step_graph = CAPTION_STEP
 
     def __init__(self, bundle: Bundle, precision: str = "fp32", threads: int | None = None,
                  providers: list[str] | None = None) -> None:
@@ -49,7 +58,7 @@ class OrtStepper:
         self.model = bundle.model
         self.visual_session = session_from_onnx(bundle.graph_path(CAPTION_VISUAL, precision), threads=threads,
                                                 providers=providers)
-        self.step_session = session_from_onnx(bundle.graph_path(CAPTION_STEP, precision), threads=threads,
+        self.step_session = session_from_onnx(bundle.graph_path(self.step_graph, precision), threads=threads,
                                               providers=providers)
         self.max_text_len = int(self.model["max_text_len"])
         self.batch = 0
@@ -72,6 +81,12 @@ class OrtStepper:
         self.past_key, self.past_value = self._value(empty), self._value(empty)
         self.past_mask = np.zeros((self.batch, 0), dtype=bool)
         self.past_length = 0
+        self._binding = self.step_session.io_binding()
+        self._bind_visual()
+
+    def _bind_visual(self) -> None:
+        for name in ("visual_key", "visual_value", "visual_mask"):
+            self._binding.bind_ortvalue_input(name, getattr(self, name))
 
     def step(self, ids: np.ndarray, new_mask: np.ndarray | None = None) -> np.ndarray:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
@@ -79,16 +94,13 @@ class OrtStepper:
             raise InputError("tokens", f"at most {self.max_text_len} text positions (the position table)",
                              f"{self.past_length} + {ids.shape[1]}")
         new_mask = np.ones(ids.shape, dtype=bool) if new_mask is None else np.ascontiguousarray(new_mask, dtype=bool)
-        binding = self.step_session.io_binding()
+        binding = self._binding
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("new_mask", new_mask)
         binding.bind_cpu_input("past_mask", self.past_mask)
         binding.bind_ortvalue_input("past_key", self.past_key)
         binding.bind_ortvalue_input("past_value", self.past_value)
-        binding.bind_ortvalue_input("visual_key", self.visual_key)
-        binding.bind_ortvalue_input("visual_value", self.visual_value)
-        binding.bind_ortvalue_input("visual_mask", self.visual_mask)
-        for name in ("logits", "present_key", "present_value"):
+        for name in ("logits", "present_key", "present_value"):  # unallocated: the present grows every step
             binding.bind_output(name, "cpu")
         self.step_session.run_with_iobinding(binding)
         logits, self.past_key, self.past_value = binding.get_outputs()
@@ -106,6 +118,7 @@ class OrtStepper:
         self.visual_mask = self._value(self.visual_mask.numpy()[rows])
         self.past_mask = self.past_mask[rows]
         self.batch = len(rows)
+        self._bind_visual()
 
 
 class OpenVinoStepper:

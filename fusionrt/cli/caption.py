@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from fusionrt.caption.captioner import Captioner
+from fusionrt.caption.forms import STEPPER_BACKENDS
 from fusionrt.cli import arguments
 from fusionrt.cli.output import add_json_option, write_json
 
@@ -18,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--beam", type=arguments.POSITIVE, default=1, help="beam width (default 1: greedy)")
     parser.add_argument("--max-new-tokens", type=arguments.POSITIVE, default=None, help="stop after this many tokens")
     parser.add_argument("--precision", default="fp32", help="a precision the bundle lists (default fp32)")
-    parser.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "openvino"),
+    parser.add_argument("--backend", default="onnxruntime", choices=STEPPER_BACKENDS,
                         help="runs the decoder graphs of a bundle (default onnxruntime)")
     add_json_option(parser, "the captions")
     parser.set_defaults(handler=run)

@@ -7,6 +7,11 @@
   ``visual_value``, ``visual_mask`` -> ``logits`` float32 [B,S,V] and ``present_key`` / ``present_value``
   [L,B,heads,K,head_dim] with K = P + S: the past with the new keys appended by a plain Concat (opset 17),
   the form every parser here takes (ORT CPU, OpenVINO; TensorRT 10/11's ONNX parsers list Concat).
+- ``caption_step_buffer``: the same step in buffer form (:mod:`fusionrt.model.caption_buffer`): ``input_ids``,
+  ``new_mask``, ``position`` int64 [1] (= P), ``cache_mask`` bool [B,C], ``cache_key`` / ``cache_value`` float32
+  [L,B,heads,C,head_dim] with C = ``max_text_len`` (a buffer the runtime owns and writes), the visual cache and
+  mask -> ``logits`` and ``new_key`` / ``new_value`` [L,B,heads,S,head_dim] (only the new positions). The
+  runtime picks the form per backend (:mod:`fusionrt.caption.forms`).
 - ``region_encoder``: as in the VQA bundle.
 
 Verification runs ONNX Runtime against PyTorch on a grid of B x P x S x M that includes P = 0, P = max,
@@ -31,8 +36,11 @@ from fusionrt.progress import SILENT, Progress
 CAPTION_TASK = "caption"
 CAPTION_VISUAL = "caption_visual"
 CAPTION_STEP = "caption_step"
+CAPTION_STEP_BUFFER = "caption_step_buffer"
 STEP_INPUTS = ("input_ids", "new_mask", "past_mask", "past_key", "past_value", "visual_key", "visual_value",
                "visual_mask")
+BUFFER_STEP_INPUTS = ("input_ids", "new_mask", "position", "cache_mask", "cache_key", "cache_value", "visual_key",
+                      "visual_value", "visual_mask")
 
 
 def _dims(config: Any, max_batch: int) -> dict[str, DimRange]:
@@ -80,6 +88,33 @@ def caption_step_spec(config: Any, max_batch: int) -> GraphSpec:
         dims=_dims(config, max_batch), precisions={"fp32": graph_filename(CAPTION_STEP)})
 
 
+def caption_step_buffer_spec(config: Any, max_batch: int) -> GraphSpec:
+    head_dim = config.hidden // config.heads
+    capacity = config.max_text_len
+
+    def cache(length: int | str) -> tuple[int | str, ...]:
+        return (config.layers, "B", config.heads, length, head_dim)
+
+    dims = _dims(config, max_batch)
+    return GraphSpec(
+        CAPTION_STEP_BUFFER,
+        inputs=(
+            TensorSpec("input_ids", "int64", ("B", "S"), (0, config.vocab_size - 1)),
+            TensorSpec("new_mask", "bool", ("B", "S")),
+            TensorSpec("position", "int64", (1,), (0, capacity - 1)),
+            TensorSpec("cache_mask", "bool", ("B", capacity)),
+            TensorSpec("cache_key", "float32", cache(capacity)),
+            TensorSpec("cache_value", "float32", cache(capacity)),
+            TensorSpec("visual_key", "float32", cache("M")),
+            TensorSpec("visual_value", "float32", cache("M")),
+            TensorSpec("visual_mask", "bool", ("B", "M"), prefix_mask=True),
+        ),
+        outputs=(TensorSpec("logits", "float32", ("B", "S", config.vocab_size)),
+                 TensorSpec("new_key", "float32", cache("S")),
+                 TensorSpec("new_value", "float32", cache("S"))),
+        dims={k: dims[k] for k in ("B", "S", "M")}, precisions={"fp32": graph_filename(CAPTION_STEP_BUFFER)})
+
+
 def _mask_rows(feed: dict[str, np.ndarray], batch: int) -> None:
     """Make some rows hard: partial visual sets, a row without regions, a row whose text keys are all masked,
     and (at B >= 8) a row with no key at all."""
@@ -123,6 +158,32 @@ def step_points(spec: GraphSpec, seed: int = 0) -> list[GridPoint]:
     return points
 
 
+def buffer_points(spec: GraphSpec, step_spec: GraphSpec, seed: int = 0) -> list[GridPoint]:
+    """The concat form's grid (:func:`step_points`) in buffer form: the past written at slots ``0 .. P-1`` of
+    the buffer, random stale values in the slots after it (what a longer earlier caption leaves behind),
+    which the graph must ignore."""
+    rng = np.random.default_rng(seed + 1)
+    capacity = int(spec.input("cache_key").shape[3])
+    points = []
+    for point in step_points(step_spec, seed):
+        feed, past = point.feed, point.sizes["P"]
+        batch = point.sizes["B"]
+        buffers = {}
+        for name in ("key", "value"):
+            layers, rows, heads, _, head_dim = feed[f"past_{name}"].shape
+            buffer = rng.standard_normal((layers, rows, heads, capacity, head_dim))
+            buffer[:, :, :, :past] = feed[f"past_{name}"]
+            buffers[name] = buffer.astype(np.float32)
+        cache_mask = np.zeros((batch, capacity), dtype=bool)
+        cache_mask[:, :past] = feed["past_mask"]
+        points.append(GridPoint({"B": batch, "S": point.sizes["S"], "M": point.sizes["M"]}, {
+            "input_ids": feed["input_ids"], "new_mask": feed["new_mask"], "position": np.array([past], np.int64),
+            "cache_mask": cache_mask, "cache_key": buffers["key"], "cache_value": buffers["value"],
+            "visual_key": feed["visual_key"], "visual_value": feed["visual_value"],
+            "visual_mask": feed["visual_mask"]}))
+    return points
+
+
 def visual_points(spec: GraphSpec, seed: int = 0) -> list[GridPoint]:
     rng = np.random.default_rng(seed)
     points = []
@@ -147,6 +208,7 @@ def export_caption(checkpoint_dir: str | Path | None, out_dir: str | Path, *, ma
     import torch
 
     from fusionrt.model.caption import StepGraph, VisualCacheGraph
+    from fusionrt.model.caption_buffer import BufferStepGraph
     from fusionrt.model.caption_checkpoint import SHIPPED_CAPTION_CHECKPOINT, load_caption_checkpoint
 
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else SHIPPED_CAPTION_CHECKPOINT
@@ -157,10 +219,14 @@ def export_caption(checkpoint_dir: str | Path | None, out_dir: str | Path, *, ma
                           f"width {checkpoint.region_encoder.config.feature_dim}")
     visual_module, step_module = VisualCacheGraph(checkpoint.decoder).eval(), StepGraph(checkpoint.decoder).eval()
     visual_spec, step_spec = caption_visual_spec(config, max_batch), caption_step_spec(config, max_batch)
+    buffer_module, buffer_spec = BufferStepGraph(checkpoint.decoder).eval(), caption_step_buffer_spec(config, max_batch)
     # Example sizes all distinct and > 1 so the tracer keeps every dim symbolic.
     example_visual = next(p for p in visual_points(visual_spec) if p.sizes["B"] == 2 and p.sizes["M"] > 2)
     example_step = next(p for p in step_points(step_spec) if p.sizes["B"] == 2 and p.sizes["P"] > 1
                         and p.sizes["S"] == 4 and p.sizes["M"] > 4)
+    buffer_grid = buffer_points(buffer_spec, step_spec)
+    example_buffer = next(p for p in buffer_grid if p.sizes["B"] == 2 and p.feed["position"][0] > 1
+                          and p.sizes["S"] == 4 and p.sizes["M"] > 4)
 
     def tensors(point: GridPoint, names: tuple[str, ...]) -> tuple[Any, ...]:
         return tuple(torch.from_numpy(point.feed[name]) for name in names)
@@ -169,6 +235,7 @@ def export_caption(checkpoint_dir: str | Path | None, out_dir: str | Path, *, ma
         _Graph(visual_spec, visual_module, tensors(example_visual, ("visual_feats", "visual_mask")),
                points=visual_points(visual_spec)),
         _Graph(step_spec, step_module, tensors(example_step, STEP_INPUTS), points=step_points(step_spec)),
+        _Graph(buffer_spec, buffer_module, tensors(example_buffer, BUFFER_STEP_INPUTS), points=buffer_grid),
         _region_graph(checkpoint.region_encoder, max_regions=max_batch * config.max_visual_len,
                       opt_regions=config.max_visual_len),
     ]
@@ -183,13 +250,16 @@ def export_caption(checkpoint_dir: str | Path | None, out_dir: str | Path, *, ma
             "region_encoder": {"cnn_dim": checkpoint.region_encoder.config.cnn_dim,
                                "channels": checkpoint.region_encoder.config.channels,
                                "feature_dim": checkpoint.region_encoder.config.feature_dim},
-            "cache": {"form": "concat", "graphs": {"visual": CAPTION_VISUAL, "step": CAPTION_STEP}},
+            "cache": {"form": "concat", "graphs": {"visual": CAPTION_VISUAL, "step": CAPTION_STEP,
+                                                   "step_buffer": CAPTION_STEP_BUFFER},
+                      "capacity": config.max_text_len},
         },
         "source": {
             "kind": "checkpoint", "path": str(checkpoint_dir.resolve()),
             "files": checkpoint_files_sha256(checkpoint_dir),
             "weights_sha256": {CAPTION_VISUAL: weights_sha256(visual_module),
                                CAPTION_STEP: weights_sha256(step_module),
+                               CAPTION_STEP_BUFFER: weights_sha256(buffer_module),
                                REGION_ENCODER: weights_sha256(checkpoint.region_encoder)},
         },
     }
