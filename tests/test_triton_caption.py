@@ -3,7 +3,6 @@ beam, max_tokens), concurrent requests batched together, bad requests refused wi
 
 One server for the module (its start is the expensive part); the shipped caption bundle, no export."""
 
-import signal
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from google.protobuf import text_format
-from triton_support import assert_clean_client_error, png, serving_python, start_server
+from triton_support import assert_clean_client_error, png, serve
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
@@ -26,15 +25,9 @@ MAX_BATCH = 8
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    python = serving_python()
     repo = write_repository(SHIPPED_CAPTION_BUNDLE, tmp_path_factory.mktemp("caption") / "repo",
                             RepositoryOptions(max_batch=MAX_BATCH, queue_delay_us=5000))
-    process, info = start_server(repo, python)
-    yield {**info, "repo": repo}
-    process.send_signal(signal.SIGTERM)
-    process.wait(60)
-    process.stdout.close()
-    process.stderr.close()
+    yield from serve(repo)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ stage, Triton re-rank) returns what the local Searcher returns, and bad requests
 One server for the module; the shipped match bundle; a small index of held-out scenes."""
 
 import importlib.util
-import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from triton_support import ROOT, assert_clean_client_error, serving_python, start_server
+from triton_support import ROOT, assert_clean_client_error, serve
 from tritonclient.utils import InferenceServerException
 
 from fusionrt.bundle.manifest import Bundle
@@ -33,15 +32,9 @@ QUERIES = ("a small red circle", "a green square left of a yellow triangle", "tw
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    python = serving_python()
     repo = write_repository(SHIPPED_MATCH_BUNDLE, tmp_path_factory.mktemp("match") / "repo",
                             RepositoryOptions(max_batch=MAX_BATCH, queue_delay_us=5000))
-    process, info = start_server(repo, python)
-    yield {**info, "repo": repo}
-    process.send_signal(signal.SIGTERM)
-    process.wait(60)
-    process.stdout.close()
-    process.stderr.close()
+    yield from serve(repo)
 
 
 @pytest.fixture(scope="module")

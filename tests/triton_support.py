@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +95,14 @@ def assert_clean_client_error(caught: Exception, expected: str) -> None:
     assert expected in message, message
     assert "Traceback" not in message and ".py" not in message and str(ROOT) not in message
     assert str(caught.status()) in ("400", "StatusCode.INVALID_ARGUMENT"), caught.status()
+
+
+def serve(repo: Path) -> Iterator[dict]:
+    """A module fixture's body: ``fusionrt serve REPO`` in the serving venv, yielding its ready info plus the
+    repository; SIGTERM and wait when the module is done."""
+    process, info = start_server(repo, serving_python())
+    yield {**info, "repo": repo}
+    process.send_signal(signal.SIGTERM)
+    process.wait(60)
+    process.stdout.close()
+    process.stderr.close()

@@ -71,15 +71,7 @@ class OrtBufferStepper(OrtStepper):
     step_graph = CAPTION_STEP_BUFFER
 
     def start(self, visual_feats: np.ndarray, visual_mask: np.ndarray) -> None:
-        binding = self.visual_session.io_binding()
-        binding.bind_cpu_input("visual_feats", np.ascontiguousarray(visual_feats, dtype=np.float32))
-        binding.bind_cpu_input("visual_mask", np.ascontiguousarray(visual_mask, dtype=bool))
-        binding.bind_output("visual_key", "cpu")
-        binding.bind_output("visual_value", "cpu")
-        self.visual_session.run_with_iobinding(binding)
-        self.visual_key, self.visual_value = binding.get_outputs()
-        self.visual_mask = self._value(visual_mask.astype(bool))
-        self.batch = visual_feats.shape[0]
+        self._run_visual(visual_feats, visual_mask)
         self.past_length = 0
         if getattr(self, "cache", None) is not None and self.cache.fits(self.batch):
             self.cache.reset()  # same batch size: the bound buffers serve the new sequence

@@ -67,7 +67,8 @@ class OrtStepper:
     def _value(self, array: np.ndarray) -> Any:
         return self.ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
 
-    def start(self, visual_feats: np.ndarray, visual_mask: np.ndarray) -> None:
+    def _run_visual(self, visual_feats: np.ndarray, visual_mask: np.ndarray) -> None:
+        """The visual graph once per sequence: its K/V stay OrtValues the step graph reads."""
         binding = self.visual_session.io_binding()
         binding.bind_cpu_input("visual_feats", np.ascontiguousarray(visual_feats, dtype=np.float32))
         binding.bind_cpu_input("visual_mask", np.ascontiguousarray(visual_mask, dtype=bool))
@@ -77,6 +78,9 @@ class OrtStepper:
         self.visual_key, self.visual_value = binding.get_outputs()
         self.visual_mask = self._value(visual_mask.astype(bool))
         self.batch = visual_feats.shape[0]
+
+    def start(self, visual_feats: np.ndarray, visual_mask: np.ndarray) -> None:
+        self._run_visual(visual_feats, visual_mask)
         empty = np.zeros(cache_shape(self.model, self.batch, 0), dtype=np.float32)
         self.past_key, self.past_value = self._value(empty), self._value(empty)
         self.past_mask = np.zeros((self.batch, 0), dtype=bool)

@@ -33,7 +33,7 @@ from fusionrt.errors import BackendError, InputError
 from fusionrt.runtime.backends.tensorrt.cuda import DeviceBuffer, PinnedBuffer, Stream
 from fusionrt.runtime.backends.tensorrt.device import check, cuda_device, import_cudart
 from fusionrt.runtime.backends.tensorrt.profiles import describe_ranges, tightest_profile
-from fusionrt.runtime.backends.tensorrt.runner import EngineTensors, load_engine, recent
+from fusionrt.runtime.backends.tensorrt.runner import EngineTensors, load_engine, recent, set_input_shapes
 
 CACHE = ("key", "value")
 
@@ -69,12 +69,7 @@ class _Engine:
         """Set the input shapes, check the output shapes against ``shapes`` (the buffers are sized for those),
         bind every tensor's address and enqueue on ``stream`` (not synchronized)."""
         profile, context = self.context_for(shapes, stream)
-        for name in self.tensors.inputs:
-            if not context.set_input_shape(name, shapes[name]):
-                raise BackendError(f"input {name}", f"a shape profile {profile} accepts", str(shapes[name]))
-        unresolved = context.infer_shapes()
-        if unresolved:
-            raise BackendError("input shapes", "every output shape resolvable", f"unresolved {list(unresolved)}")
+        set_input_shapes(context, self.tensors, shapes, profile)
         for name in self.tensors.outputs:
             # An engine writing more than the graph's contract says would overrun a buffer: refuse instead.
             # (-1: a dim the engine leaves to run time; never after infer_shapes on TensorRT itself.)

@@ -68,6 +68,18 @@ def numpy_dtypes(trt: ModuleType) -> dict[Any, np.dtype]:
             trt.DataType.UINT8: np.dtype("uint8")}
 
 
+
+def set_input_shapes(context: Any, tensors: EngineTensors, shapes: Mapping[str, tuple[int, ...]], profile: int) -> None:
+    """Set every input's shape on ``context`` (whose profile is ``profile``) and check that every output
+    shape then resolves; a refusal names the input and the profile."""
+    for name in tensors.inputs:
+        if not context.set_input_shape(name, shapes[name]):
+            raise BackendError(f"input {name}", f"a shape profile {profile} accepts", str(shapes[name]))
+    unresolved = context.infer_shapes()
+    if unresolved:
+        raise BackendError("input shapes", "every output shape resolvable", f"unresolved {list(unresolved)}")
+
+
 class EngineTensors:
     """Names, dtypes and per-profile (min, max) input shapes, read once from the engine."""
 
@@ -121,12 +133,7 @@ class ContextSlot:
             if not context.set_optimization_profile_async(profile, stream_ptr):
                 raise BackendError("optimization profile", f"profile {profile} selectable", "refused")
             self.profile = profile
-        for name in self.tensors.inputs:
-            if not context.set_input_shape(name, shapes[name]):
-                raise BackendError(f"input {name}", f"a shape profile {profile} accepts", str(shapes[name]))
-        unresolved = context.infer_shapes()
-        if unresolved:
-            raise BackendError("input shapes", "every output shape resolvable", f"unresolved {list(unresolved)}")
+        set_input_shapes(context, self.tensors, shapes, profile)
         return {name: tuple(int(d) for d in context.get_tensor_shape(name)) for name in self.tensors.outputs}
 
     def bind(self, name: str, ptr: int) -> None:
