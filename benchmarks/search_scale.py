@@ -256,8 +256,8 @@ def main() -> None:
                 "region_feature_bytes_per_image": round(feature_bytes, 1),
                 "vector_bytes_per_image": embeddings.shape[1] * 4, "load": os.getloadavg()}
     print(json.dumps({"indexing_encode_only": indexing}), flush=True)
-    index_add = index_files(bundle, database.seeds[: args.index_images])
-    print(json.dumps({"index_add": index_add}), flush=True)
+    index_add = index_files(bundle, database.seeds[: args.index_images]) if args.index_images > 0 else None
+    print(json.dumps({"index_add": index_add}), flush=True)  # --index-images 0: not measured
     rng = np.random.default_rng(0)
     rows = []
     texts = [q.text for q in database.queries]
