@@ -102,6 +102,11 @@ def polygraphy_build_plan(onnx_path: Path, config: Any, timing_cache: Path) -> b
                          text + (f" | {' | '.join(logged[-10:])}" if logged else "")) from exc
 
 
+# Graphs a bundle lists for other backends only, skipped unless ``graphs`` names them: the caption TensorRT
+# stepper runs caption_step (the concat cache form) with its own device buffers, so the fixed-capacity
+# caption_step_buffer graph, the ONNX Runtime / OpenVINO form, would be a plan nothing loads.
+NOT_BUILT_BY_DEFAULT = frozenset({"caption_step_buffer"})
+
 def build_engines(bundle_dir: str | Path, precision: str, *, graphs: Sequence[str] | None = None,
                   profile_specs: Sequence[Mapping[str, tuple[int, int, int]]] = (),
                   options: BuildOptions | None = None, progress: Progress = SILENT,
@@ -116,7 +121,8 @@ def build_engines(bundle_dir: str | Path, precision: str, *, graphs: Sequence[st
     with BundleTransaction(bundle_dir) as tx:
         bundle = tx.bundle
         assert bundle is not None
-        names = list(graphs) if graphs else [g for g, spec in bundle.graphs.items() if precision in spec.precisions]
+        names = list(graphs) if graphs else [g for g, spec in bundle.graphs.items()
+                                             if precision in spec.precisions and g not in NOT_BUILT_BY_DEFAULT]
         if not names:
             raise InputError("--precision", f"a precision some graph of the bundle has "
                              f"({ {g: sorted(s.precisions) for g, s in bundle.graphs.items()} })", repr(precision))
