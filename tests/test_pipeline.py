@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from fusionrt.bundle.source import checkpoint_files_sha256
 from fusionrt.cli import main
 from fusionrt.model import SHIPPED_CHECKPOINT
 from fusionrt.pipeline import Gate, bundle_lock, write_junit
@@ -255,3 +256,18 @@ def test_one_run_verifies_the_bundle_once_per_stage_and_builds_one_reference(tmp
     assert max(per_stage.values()) <= 1, per_stage
     assert len(heldouts) == 1
     assert sorted(torch_sessions) == ["fusion", "region_encoder"]
+
+
+@pytest.mark.parametrize("name", ["small", "match", "caption-small"])
+def test_a_changed_weights_file_of_any_task_changes_the_checkpoint_fingerprint(name, tmp_path):
+    # The fingerprint keys every pipeline stage: weights left out of it (the match model's were) let a rerun after
+    # retraining reuse the stages of the old weights.
+    copy = tmp_path / name
+    shutil.copytree(SHIPPED_CHECKPOINT.parent / name, copy)
+    before = checkpoint_files_sha256(copy)
+    for weights in sorted(copy.glob("*.safetensors")):
+        assert weights.name in before
+        weights.write_bytes(weights.read_bytes() + b" ")
+        after = checkpoint_files_sha256(copy)
+        assert after[weights.name] != before[weights.name]
+        before = after

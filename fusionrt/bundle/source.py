@@ -11,16 +11,17 @@ from fusionrt.bundle.manifest import sha256_file
 __all__ = ["CHECKPOINT_MODEL_FILES", "checkpoint_files_sha256", "directory_sha256", "weights_sha256"]
 
 
-# The files that define what a checkpoint computes; metrics and plots may be regenerated freely.
-CHECKPOINT_MODEL_FILES = ("config.json", "fusion.safetensors", "caption.safetensors", "region_encoder.safetensors",
-                          "tokenizer.json",
-                          "answers.json")
+# The files besides its weights that define what a checkpoint computes; metrics and plots may be regenerated
+# freely. Every ``*.safetensors`` file counts as weights whatever its name (fusion, caption, match, region
+# encoder, and any task's to come), so a new task cannot leave its weights out of the fingerprint.
+CHECKPOINT_MODEL_FILES = ("config.json", "tokenizer.json", "answers.json")
 
 
 def checkpoint_files_sha256(path: str | Path) -> dict[str, str]:
-    """sha256 of each of a checkpoint's model-defining files that exists."""
+    """sha256 of each of a checkpoint's model-defining files that exists: its weights and CHECKPOINT_MODEL_FILES."""
     path = Path(path)
-    return {name: sha256_file(path / name) for name in CHECKPOINT_MODEL_FILES if (path / name).is_file()}
+    names = sorted({*CHECKPOINT_MODEL_FILES, *(f.name for f in path.glob("*.safetensors"))})
+    return {name: sha256_file(path / name) for name in names if (path / name).is_file()}
 
 
 def directory_sha256(path: str | Path, pattern: str = "*.npz") -> str:
