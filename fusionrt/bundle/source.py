@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
 from fusionrt.bundle.manifest import sha256_file
 
-__all__ = ["CHECKPOINT_MODEL_FILES", "checkpoint_files_sha256", "directory_sha256", "weights_sha256"]
+__all__ = ["CHECKPOINT_MODEL_FILES", "checkpoint_files_sha256", "checkpoint_task", "directory_sha256", "weights_sha256"]
 
 
 # The files besides its weights that define what a checkpoint computes; metrics and plots may be regenerated
@@ -22,6 +23,16 @@ def checkpoint_files_sha256(path: str | Path) -> dict[str, str]:
     path = Path(path)
     names = sorted({*CHECKPOINT_MODEL_FILES, *(f.name for f in path.glob("*.safetensors"))})
     return {name: sha256_file(path / name) for name in names if (path / name).is_file()}
+
+
+def checkpoint_task(path: str | Path | None) -> str:
+    """The task a checkpoint's config.json records, read without torch: "vqa" when it records none, or when there
+    is no readable config.json (loading the checkpoint then reports what is wrong with it)."""
+    try:
+        recorded = json.loads((Path(path) / "config.json").read_text()).get("task") if path is not None else None
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    return recorded if isinstance(recorded, str) else "vqa"
 
 
 def directory_sha256(path: str | Path, pattern: str = "*.npz") -> str:

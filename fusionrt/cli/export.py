@@ -4,10 +4,9 @@ own fusion module) as an ONNX bundle."""
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from fusionrt.bundle import Bundle
+from fusionrt.bundle.source import checkpoint_task
 from fusionrt.cli import arguments
 from fusionrt.cli.model_args import add_dim_arguments, add_model_argument, dims_from
 from fusionrt.cli.output import add_json_option, check_output, write_json
@@ -39,14 +38,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_json_option(parser, "the manifest's verification section")
     parser.set_defaults(handler=run)
 
-
-def checkpoint_task(checkpoint: str | None) -> str:
-    """The task a checkpoint's config.json records ("vqa" when it records none), read without torch."""
-    try:
-        recorded = json.loads((Path(checkpoint) / "config.json").read_text()).get("task") if checkpoint else None
-    except (OSError, ValueError, AttributeError):
-        recorded = None  # the export itself reports an unreadable checkpoint
-    return recorded if isinstance(recorded, str) else "vqa"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -27,12 +27,6 @@ class CaptionCheckpoint:
     path: Path | None = None
 
 
-def is_caption_checkpoint(path: str | Path) -> bool:
-    try:
-        return read_config(path).get("task") == CAPTION_TASK
-    except CheckpointError:
-        return False
-
 
 def load_caption_checkpoint(path: str | Path = SHIPPED_CAPTION_CHECKPOINT) -> CaptionCheckpoint:
     """Decoder, region encoder and tokenizer of a caption checkpoint directory, in eval mode."""

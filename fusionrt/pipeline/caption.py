@@ -42,13 +42,6 @@ BENCH_SCENES_B1 = 2
 BENCH_BLOCKS = 3
 
 
-def is_caption_checkpoint(checkpoint: Path) -> bool:
-    """Whether the checkpoint directory's config.json names the caption task."""
-    try:
-        return json.loads((Path(checkpoint) / "config.json").read_text()).get("task") == CAPTION_TASK
-    except (OSError, ValueError, AttributeError):
-        return False
-
 
 def _key(**parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()

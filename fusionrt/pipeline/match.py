@@ -13,23 +13,15 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
+from fusionrt.bundle.source import checkpoint_task
 from fusionrt.export.match import MATCH_TASK
 from fusionrt.io import atomic_write_json, json_safe
 from fusionrt.parity.match import MatchEvaluator, MatchHeldout, match_budget, match_parity
 
 MATCH_PARITY_FILE = "match_parity.json"
 
-
-def checkpoint_task(checkpoint: Path) -> str:
-    """The task a checkpoint's config.json records ("vqa" when it records none or has no config.json)."""
-    try:
-        recorded = json.loads((Path(checkpoint) / "config.json").read_text()).get("task")
-    except (OSError, ValueError, AttributeError):
-        recorded = None
-    return recorded if isinstance(recorded, str) else "vqa"
 
 
 def is_match(run: Any) -> bool:

@@ -26,7 +26,7 @@ from fusionrt.bench import BenchConfig, run_bench
 from fusionrt.bench.run import DEFAULT_SHAPES
 from fusionrt.bundle.manifest import MANIFEST, VQA_TASK, Bundle, is_bundle
 from fusionrt.bundle.reference import ModelReference
-from fusionrt.bundle.source import checkpoint_files_sha256, directory_sha256
+from fusionrt.bundle.source import checkpoint_files_sha256, checkpoint_task, directory_sha256
 from fusionrt.bundle.transaction import BundleTransaction
 from fusionrt.calibration import BUDGETS, METHODS, BudgetExceededError, calibrate, quantize_fp16, quantize_int8
 from fusionrt.engine.stage import build_all_engines, engine_unavailable_reason
@@ -39,7 +39,7 @@ from fusionrt.parity.accuracy import accuracy_by_kind
 from fusionrt.parity.budgets import CUSTOM_BUDGETS, measured_text
 from fusionrt.parity.heldout import FeedHeldout, Heldout, HeldoutEvaluator, HeldoutSet, MemoizedRuns
 from fusionrt.pipeline import match as match_stages
-from fusionrt.pipeline.caption import is_caption_checkpoint, run_caption_stages
+from fusionrt.pipeline.caption import CAPTION_TASK, run_caption_stages
 from fusionrt.pipeline.lock import bundle_lock
 from fusionrt.pipeline.result import Gate, PipelineResult, StageRecord
 from fusionrt.progress import SILENT, Progress
@@ -539,7 +539,7 @@ def run_pipeline(config: PipelineConfig, progress: Progress = SILENT,
         run.check_target()
         run.clean_staging()
         try:
-            if not run.custom and is_caption_checkpoint(run.checkpoint):  # task read from the checkpoint
+            if not run.custom and checkpoint_task(run.checkpoint) == CAPTION_TASK:  # task read from the checkpoint
                 run_caption_stages(run)
             else:
                 _run_stages(run)
