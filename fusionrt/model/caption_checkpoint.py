@@ -31,9 +31,7 @@ class CaptionCheckpoint:
 def load_caption_checkpoint(path: str | Path = SHIPPED_CAPTION_CHECKPOINT) -> CaptionCheckpoint:
     """Decoder, region encoder and tokenizer of a caption checkpoint directory, in eval mode."""
     path = Path(path)
-    config = read_config(path)
-    if config.get("task") != CAPTION_TASK:
-        raise CheckpointError(f"config.json: expected task {CAPTION_TASK!r}, received {config.get('task')!r}")
+    config = read_config(path, CAPTION_TASK)
     try:
         decoder = CaptionDecoder(CaptionConfig.from_dict(config["model"]))
         region_encoder = RegionEncoder(RegionEncoderConfig(**config.get("region_encoder", {})))

@@ -62,8 +62,8 @@ def _load_weights(module: nn.Module, path: Path) -> None:
         )
 
 
-def read_config(path: str | Path) -> dict[str, Any]:
-    """The checkpoint's ``config.json``, checked for format and version."""
+def read_config(path: str | Path, task: str | None = None) -> dict[str, Any]:
+    """The checkpoint's ``config.json``, checked for format and version (and for ``task``, when given)."""
     config = _read_json(Path(path) / "config.json")
     if config.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"config.json: expected format {CHECKPOINT_FORMAT!r}, received {config.get('format')!r}")
@@ -71,6 +71,8 @@ def read_config(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(
             f"config.json: expected version {CHECKPOINT_VERSION}, received {config.get('version')!r}"
         )
+    if task is not None and config.get("task") != task:
+        raise CheckpointError(f"config.json: expected task {task!r}, received {config.get('task')!r}")
     return config
 
 

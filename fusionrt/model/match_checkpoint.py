@@ -31,9 +31,7 @@ class MatchCheckpoint:
 def load_match_checkpoint(path: str | Path = SHIPPED_MATCH_CHECKPOINT) -> MatchCheckpoint:
     """Load a matching checkpoint directory (eval mode)."""
     path = Path(path)
-    config = read_config(path)
-    if config.get("task") != MATCH_TASK:
-        raise CheckpointError(f"config.json: expected task {MATCH_TASK!r}, received {config.get('task')!r}")
+    config = read_config(path, MATCH_TASK)
     try:
         model = MatchModel(FusionConfig.from_dict(config["model"]), MatchHeadConfig(**config["heads"]))
         region_encoder = RegionEncoder(RegionEncoderConfig(**config["region_encoder"]))
