@@ -12,7 +12,6 @@ One PyTorch reference (greedy, recompute) is decoded per run and shared by every
 
 from __future__ import annotations
 
-import hashlib
 import json
 import statistics
 import time
@@ -32,7 +31,7 @@ from fusionrt.export.caption import export_caption
 from fusionrt.export.errors import VerificationError
 from fusionrt.io import atomic_path, atomic_write_bytes, atomic_write_json, json_safe
 from fusionrt.parity.caption import BUDGET_POINTS, CAPTION_BACKENDS, CaptionReference, caption_parity, caption_reference
-from fusionrt.pipeline.result import Gate
+from fusionrt.pipeline.result import Gate, stage_key
 from fusionrt.report import write_report
 
 GRAPHS_OF = {"fp32": ("fp32",), "fp16": ("fp16",), "int8": ("int8", "int8-cpu")}
@@ -41,10 +40,6 @@ BENCH_SCENES = 8  # one batch of 8; B=1 times the first BENCH_SCENES_B1 of them 
 BENCH_SCENES_B1 = 2
 BENCH_BLOCKS = 3
 
-
-
-def _key(**parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class CaptionStages:
@@ -306,40 +301,40 @@ def run_caption_stages(run: Any) -> None:
     """Run (or reuse) every stage for a caption checkpoint, with the caption gates."""
     stages = CaptionStages(run)
     config = run.config
-    run.keys["export"] = _key(checkpoint=run.checkpoint_files, task=CAPTION_TASK, exporter="legacy", opset=17)
+    run.keys["export"] = stage_key(checkpoint=run.checkpoint_files, task=CAPTION_TASK, exporter="legacy", opset=17)
     run.stage(1, "export", stages.export, _export_gates)
-    run.keys["calibrate"] = _key(export=run.keys["export"], scenes=config.calib_samples, method=METHOD)
+    run.keys["calibrate"] = stage_key(export=run.keys["export"], scenes=config.calib_samples, method=METHOD)
     if "int8" in config.precisions:
         run.stage(2, "calibrate", stages.calibrate)
     else:
         run.skip(2, "calibrate", "int8 not requested (fp16 needs no calibration for a caption bundle)")
     budget = {"exact_match_drop_points": BUDGET_POINTS, "bleu_drop_points": BUDGET_POINTS}
     for index, precision in ((3, "fp16"), (4, "int8")):
-        run.keys[precision] = _key(calibrate=run.keys["calibrate"] if precision == "int8" else None,
-                                   export=run.keys["export"], heldout=config.heldout_scenes, budget=budget)
+        run.keys[precision] = stage_key(calibrate=run.keys["calibrate"] if precision == "int8" else None,
+                                        export=run.keys["export"], heldout=config.heldout_scenes, budget=budget)
         if precision in config.precisions:
             run.stage(index, precision, lambda p=precision: stages.quantize(p), _budget_gates(precision))
         else:
             run.skip(index, precision, "not requested")
     reason = engine_unavailable_reason()
     if reason is None:
-        run.keys["engines"] = _key(graphs=run.graph_hashes([*stages.graphs(), "fp32"]))
+        run.keys["engines"] = stage_key(graphs=run.graph_hashes([*stages.graphs(), "fp32"]))
         run.stage(5, "engines", stages.engines)
     else:
         run.skip(5, "engines", reason)
         run.result.gates.append(Gate("tensorrt engines", "engines", "skipped", reason))
     graphs = run.graph_hashes([*stages.graphs(), "fp32"])
-    run.keys["parity"] = _key(graphs=graphs, checkpoint=run.checkpoint_files, scenes=config.parity_scenes,
-                              backends=list(config.backends), budget=budget)
+    run.keys["parity"] = stage_key(graphs=graphs, checkpoint=run.checkpoint_files, scenes=config.parity_scenes,
+                                   backends=list(config.backends), budget=budget)
     run.stage(6, "parity", stages.parity, _parity_gates)
-    run.keys["bench"] = _key(graphs=graphs, threads=config.threads, scenes=[BENCH_SCENES, BENCH_SCENES_B1],
-                             blocks=BENCH_BLOCKS)
+    run.keys["bench"] = stage_key(graphs=graphs, threads=config.threads, scenes=[BENCH_SCENES, BENCH_SCENES_B1],
+                                  blocks=BENCH_BLOCKS)
     if config.skip_bench:
         run.skip(7, "bench", "--skip-bench")
     else:
         run.stage(7, "bench", stages.bench)
     files = run.bundle().manifest["files"]
-    run.keys["report"] = _key(inputs={n: files[n]["sha256"] for n in (PARITY_FILE, BENCH_FILE) if n in files},
-                              stages={s: run.keys.get(s) for s in ("export", "calibrate", "fp16", "int8", "engines",
-                                                                   "parity", "bench")}, bench=not config.skip_bench)
+    stages_before = ("export", "calibrate", "fp16", "int8", "engines", "parity", "bench")
+    run.keys["report"] = stage_key(inputs={n: files[n]["sha256"] for n in (PARITY_FILE, BENCH_FILE) if n in files},
+                                   stages={s: run.keys.get(s) for s in stages_before}, bench=not config.skip_bench)
     run.stage(8, "report", stages.report)

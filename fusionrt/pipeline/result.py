@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+
+def stage_key(**parts: Any) -> str:
+    """A stage's key: the sha256 of what it depends on (a rerun reuses the stage while its key is unchanged)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @dataclass

@@ -12,7 +12,6 @@ leaves that stage unrecorded and a rerun redoes it.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import shutil
 import tempfile
@@ -41,7 +40,7 @@ from fusionrt.parity.heldout import FeedHeldout, Heldout, HeldoutEvaluator, Held
 from fusionrt.pipeline import match as match_stages
 from fusionrt.pipeline.caption import CAPTION_TASK, run_caption_stages
 from fusionrt.pipeline.lock import bundle_lock
-from fusionrt.pipeline.result import Gate, PipelineResult, StageRecord
+from fusionrt.pipeline.result import Gate, PipelineResult, StageRecord, stage_key
 from fusionrt.progress import SILENT, Progress
 from fusionrt.report import write_report
 from fusionrt.runtime.session import BACKENDS, Session
@@ -123,10 +122,6 @@ class PipelineConfig:
             if not isinstance(self.dims.get(dim), int):
                 raise InputError(f"--{dim.replace('_', '-')}", "a positive integer (required with --model)",
                                  repr(self.dims.get(dim)))
-
-
-def _key(**parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _now() -> str:
@@ -471,11 +466,11 @@ def _run_stages(run: _Run) -> None:
     config = run.config
     # A user's model adds its dims and feeds to the keys; the shipped model's keys stay as they were.
     custom = run.custom_key
-    run.keys["export"] = _key(checkpoint=run.checkpoint_files, exporter="auto", opset=17, **custom)
+    run.keys["export"] = stage_key(checkpoint=run.checkpoint_files, exporter="auto", opset=17, **custom)
     run.stage(1, "export", lambda: _export(run), _export_gates)
 
-    run.keys["calibrate"] = _key(export=run.keys["export"], samples=config.calib_samples,
-                                 **({"feeds": run.feeds["calibration"]} if custom else {}))
+    run.keys["calibrate"] = stage_key(export=run.keys["export"], samples=config.calib_samples,
+                                      **({"feeds": run.feeds["calibration"]} if custom else {}))
     heldout = {"heldout": run.feeds["heldout"]} if custom else {"heldout": config.heldout_scenes}
     if run.match:
         heldout = match_stages.key_parts(run)
@@ -484,22 +479,22 @@ def _run_stages(run: _Run) -> None:
     else:
         run.skip(2, "calibrate", "neither fp16 nor int8 requested")
 
-    run.keys["fp16"] = _key(calibrate=run.keys["calibrate"], **heldout,
-                            budget=(CUSTOM_BUDGETS if custom else BUDGETS)["fp16"].to_dict())
+    run.keys["fp16"] = stage_key(calibrate=run.keys["calibrate"], **heldout,
+                                 budget=(CUSTOM_BUDGETS if custom else BUDGETS)["fp16"].to_dict())
     label = "match budget" if run.match else "accuracy budget"  # a match run's budgets are retrieval scores
     if "fp16" in config.precisions:
         run.stage(3, "fp16", lambda: _quantize(run, "fp16"), _accuracy_gates("fp16", label))
     else:
         run.skip(3, "fp16", "not requested")
-    run.keys["int8"] = _key(calibrate=run.keys["calibrate"], method=config.calib_method, **heldout,
-                            budget=(CUSTOM_BUDGETS if custom else BUDGETS)["int8"].to_dict())
+    run.keys["int8"] = stage_key(calibrate=run.keys["calibrate"], method=config.calib_method, **heldout,
+                                 budget=(CUSTOM_BUDGETS if custom else BUDGETS)["int8"].to_dict())
     if "int8" in config.precisions:
         run.stage(4, "int8", lambda: _quantize(run, "int8"), _accuracy_gates("int8", label))
     else:
         run.skip(4, "int8", "not requested")
     reason = engine_unavailable_reason()
     if reason is None:
-        run.keys["engines"] = _key(graphs=run.graph_hashes([*run.graphs(), "fp32"]))
+        run.keys["engines"] = stage_key(graphs=run.graph_hashes([*run.graphs(), "fp32"]))
         run.stage(5, "engines", lambda: (build_all_engines(run.out, run.graphs(), run.progress), []))
     else:
         run.skip(5, "engines", reason)
@@ -508,20 +503,20 @@ def _run_stages(run: _Run) -> None:
     graphs = run.graph_hashes([*run.graphs(), "fp32"])
 
     gates = {p: gates_for(run.bundle(), p).to_dict() for p in run.graphs()} if not run.match else heldout
-    run.keys["parity"] = _key(graphs=graphs, checkpoint=run.checkpoint_files, gates=gates,
-                              scenes=config.parity_scenes, backends=list(config.backends),
-                              **({"heldout": run.feeds["heldout"]} if custom else {}))
+    run.keys["parity"] = stage_key(graphs=graphs, checkpoint=run.checkpoint_files, gates=gates,
+                                   scenes=config.parity_scenes, backends=list(config.backends),
+                                   **({"heldout": run.feeds["heldout"]} if custom else {}))
     run.stage(6, "parity", lambda: _parity(run), _parity_gates)
-    run.keys["bench"] = _key(graphs=graphs, backends=list(config.backends), runs=config.bench_runs,
-                             threads=config.threads)
+    run.keys["bench"] = stage_key(graphs=graphs, backends=list(config.backends), runs=config.bench_runs,
+                                  threads=config.threads)
     if config.skip_bench:
         run.skip(7, "bench", "--skip-bench")
     else:
         run.stage(7, "bench", lambda: _bench(run))
     manifest_files = run.bundle().manifest["files"]
-    run.keys["report"] = _key(inputs={n: manifest_files[n]["sha256"] for n in (PARITY_FILE, ACCURACY_FILE, BENCH_FILE)
-                                      if n in manifest_files}, stages={s: run.keys.get(s) for s in STAGES[:-1]},
-                              bench=not config.skip_bench)
+    inputs = {n: manifest_files[n]["sha256"] for n in (PARITY_FILE, ACCURACY_FILE, BENCH_FILE) if n in manifest_files}
+    run.keys["report"] = stage_key(inputs=inputs, stages={s: run.keys.get(s) for s in STAGES[:-1]},
+                                   bench=not config.skip_bench)
     run.stage(8, "report", lambda: _report(run))
 
 
