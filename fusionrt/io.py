@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import math
 import os
@@ -54,6 +55,11 @@ def atomic_write_bytes(target: str | Path, data: bytes) -> Path:
 
 def atomic_write_json(target: str | Path, value: Any) -> Path:
     return atomic_write_bytes(target, (json.dumps(value, indent=2, sort_keys=False) + "\n").encode())
+
+
+def utc_timestamp() -> str:
+    """Now, in UTC to the second (ISO 8601): the time stamp manifests and reports record."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def json_safe(value: Any) -> Any:

@@ -3,7 +3,6 @@ FLOPs from the graph, achieved fraction of the paper and measured peaks, concurr
 
 from __future__ import annotations
 
-import datetime
 import os
 import platform
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from fusionrt.data.detector import detect_regions
 from fusionrt.data.questions import questions_for
 from fusionrt.data.world import generate_scene, render, split_seeds
 from fusionrt.errors import FusionrtError, InputError
+from fusionrt.io import utc_timestamp
 from fusionrt.parity.grid import fusion_feed
 from fusionrt.progress import SILENT, Progress
 from fusionrt.runtime.session import Session
@@ -225,8 +225,7 @@ def run_bench(bundle: str | Path | Bundle, config: BenchConfig | None = None,
     for session in sessions.values():
         session.close()
     return {
-        "bundle": str(opened.path), "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
-            timespec="seconds"),
+        "bundle": str(opened.path), "created_utc": utc_timestamp(),
         "machine": {"cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
                     "load_average_before": load_before, "load_average_after": os.getloadavg()[0],
                     "threads": config.threads},

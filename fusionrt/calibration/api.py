@@ -9,7 +9,6 @@ so a crash at any point leaves the previous bundle (or the new one) openable and
 
 from __future__ import annotations
 
-import datetime
 import shutil
 import tempfile
 import time
@@ -46,7 +45,7 @@ from fusionrt.calibration.samples import (
     load_set,
     validate,
 )
-from fusionrt.io import atomic_write_json
+from fusionrt.io import atomic_write_json, utc_timestamp
 from fusionrt.parity.budgets import Budget
 from fusionrt.parity.heldout import DEFAULT_HELDOUT_SCENES, HeldoutEvaluator, heldout_for
 from fusionrt.parity.match import MatchEvaluator
@@ -54,10 +53,6 @@ from fusionrt.progress import SILENT, Progress
 
 POLYGRAPHY_LOADER_FILE = "polygraphy_loader.py"
 RANGES_FILE = "fusion.int8.ranges.json"
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def fp32_fusion_path(bundle: Bundle) -> Path:
@@ -104,7 +99,8 @@ def calibrate(bundle_dir: str | Path, samples: int = DEFAULT_SAMPLES, from_dir: 
         # The Polygraphy data loader (real feeds for `polygraphy run --data-loader-script`), a numpy-only script.
         tx.new_file(POLYGRAPHY_LOADER_FILE).write_bytes(Path(polygraphy_loader.__file__).read_bytes())
         record = {"file": SAMPLES_FILE, "sha256": digest, "samples": len(data), "source": data.source,
-                  "lengths": data.lengths(), "created_utc": _now(), "polygraphy_loader": POLYGRAPHY_LOADER_FILE}
+                  "lengths": data.lengths(), "created_utc": utc_timestamp(),
+                  "polygraphy_loader": POLYGRAPHY_LOADER_FILE}
         tx.commit(sections={"calibration": record})
     return record
 
@@ -218,7 +214,7 @@ def _quantize_fp16(tx: BundleTransaction, keep_fp32_nodes: Sequence[str] | None,
         evaluator = _evaluator(bundle, evaluator, heldout_scenes, heldout, model, progress)
         budget = budget or evaluator.default_budget("fp16")
         measurement = evaluator.measure_path(stage / name)
-        report = {"precision": "fp16", "created_utc": _now(), "file": name, "conversion": summary,
+        report = {"precision": "fp16", "created_utc": utc_timestamp(), "file": name, "conversion": summary,
                   "heldout": {**evaluator.describe(), **measurement.to_dict(budget)},
                   "seconds": round(time.perf_counter() - started, 1)}
         if measurement.failures(budget):
@@ -293,7 +289,8 @@ def _quantize_int8(tx: BundleTransaction, method: str, percentile: float, heldou
         atomic_write_json(stage / RANGES_FILE, ranges.to_dict())
         staged[RANGES_FILE] = stage / RANGES_FILE
         calibration = bundle.manifest.get("calibration", {})
-        report = {"precision": "int8", "created_utc": _now(), "method": ranges.label, "samples": ranges.samples,
+        report = {"precision": "int8", "created_utc": utc_timestamp(), "method": ranges.label,
+                  "samples": ranges.samples,
                   "calibration_sha256": calibration.get("sha256"), "tensors": len(ranges.values),
                   "ranges_file": RANGES_FILE, "graphs": graphs,
                   "seconds": round(time.perf_counter() - started, 1)}

@@ -14,7 +14,6 @@ the manifest's ``quantization.<precision>`` records the budget and the measureme
 
 from __future__ import annotations
 
-import datetime
 import json
 import shutil
 import tempfile
@@ -34,7 +33,7 @@ from fusionrt.caption.captioner import CAPTION_TASK, Captioner
 from fusionrt.caption.generate import greedy
 from fusionrt.caption.steppers import CAPTION_STEP, CAPTION_VISUAL, OrtStepper
 from fusionrt.data.world import generate_scene, render, split_seeds
-from fusionrt.io import atomic_write_json
+from fusionrt.io import atomic_write_json, utc_timestamp
 from fusionrt.parity.caption import BUDGET_POINTS, CaptionReference, caption_parity, caption_reference
 from fusionrt.progress import SILENT, Progress
 
@@ -46,10 +45,6 @@ DEFAULT_CALIBRATION_SCENES = 64
 DEFAULT_HELDOUT_SCENES = 500
 CALIBRATION_BATCH = 8
 METHOD = "minmax"  # kept: every precision holds its budget with it (benchmarks/RESULTS.md, caption precision)
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 class RecordingStepper(OrtStepper):
@@ -121,7 +116,7 @@ def calibrate_caption(bundle_dir: str | Path, scenes: int = DEFAULT_CALIBRATION_
         ranges, record = caption_ranges(_caption_bundle(tx.bundle), scenes, progress)
         target = tx.new_file(RANGES_FILE)
         atomic_write_json(target, {graph: r.to_dict() for graph, r in ranges.items()})
-        record = {"file": RANGES_FILE, **record, "created_utc": _now()}
+        record = {"file": RANGES_FILE, **record, "created_utc": utc_timestamp()}
         tx.commit(sections={"calibration": record})
     return record
 
@@ -182,7 +177,7 @@ def quantize_caption(bundle_dir: str | Path, precisions: tuple[str, ...] = PRECI
             if loaded is None:
                 ranges, record = caption_ranges(bundle, calibration_scenes, progress)
                 atomic_write_json(tx.new_file(RANGES_FILE), {g: r.to_dict() for g, r in ranges.items()})
-                calibration = sections["calibration"] = {"file": RANGES_FILE, **record, "created_utc": _now()}
+                calibration = sections["calibration"] = {"file": RANGES_FILE, **record, "created_utc": utc_timestamp()}
             else:
                 ranges = loaded
         if reference is None:
@@ -214,7 +209,7 @@ def quantize_caption(bundle_dir: str | Path, precisions: tuple[str, ...] = PRECI
                         shutil.copyfile(trial / name, tx.new_file(name))
                     result = report["precisions"][precision]
                     quantization[precision] = {
-                        "precision": precision, "created_utc": _now(), "files": files,
+                        "precision": precision, "created_utc": utc_timestamp(), "files": files,
                         "method": "mixed-precision fp16 (kept in fp32: " + ", ".join(FP32_OPS_IN_FP16) + ")"
                         if precision == "fp16" else f"{RECIPES[precision].activation} Q/DQ, {METHOD} ranges "
                         f"from {RANGES_FILE}",

@@ -7,7 +7,6 @@ torch module over a grid of shapes, and only if every point is within tolerance 
 
 from __future__ import annotations
 
-import datetime
 import platform
 import time
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from fusionrt.export.errors import ExportError, VerificationError
 from fusionrt.export.exporters import DEFAULT_EXPORTER, EXPORTERS, export_graph
 from fusionrt.export.outputs import describe_outputs, probe, probe_sizes
 from fusionrt.export.writer import BundleWriter
+from fusionrt.io import utc_timestamp
 from fusionrt.parity.compare import Tolerance, compare_grid
 from fusionrt.parity.grid import GridPoint, grid_points, random_feed
 from fusionrt.progress import SILENT, Progress
@@ -149,7 +149,7 @@ def _attempt(out_dir: Path, graphs: list[_Graph], files: dict[str, bytes], manif
         opsets = {g.info["opset"] for g in graphs}
         manifest = {
             "format": BUNDLE_FORMAT, "schema_version": SCHEMA_VERSION,
-            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "created_utc": utc_timestamp(),
             **manifest,
             "opset": opsets.pop() if len(opsets) == 1 else sorted(opsets),
             "exporter": exporter,

@@ -11,7 +11,6 @@ leaves that stage unrecorded and a rerun redoes it.
 
 from __future__ import annotations
 
-import datetime
 import json
 import shutil
 import tempfile
@@ -32,7 +31,7 @@ from fusionrt.engine.stage import build_all_engines, engine_unavailable_reason
 from fusionrt.errors import FusionrtError, InputError
 from fusionrt.export import VerificationError, export_checkpoint, export_onnx
 from fusionrt.export.match import export_match_checkpoint
-from fusionrt.io import atomic_write_json, json_safe
+from fusionrt.io import atomic_write_json, json_safe, utc_timestamp
 from fusionrt.parity import gates_for, run_parity
 from fusionrt.parity.accuracy import accuracy_by_kind
 from fusionrt.parity.budgets import CUSTOM_BUDGETS, measured_text
@@ -124,10 +123,6 @@ class PipelineConfig:
                                  repr(self.dims.get(dim)))
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
 class _Run:
     """State of one pipeline run: the bundle dir, recorded stages, results so far."""
 
@@ -203,7 +198,7 @@ class _Run:
             for file in files:  # fresh names until the manifest is published: readers never see a mix
                 tx.adopt(self.stage_dir / file, file)
             stages = (tx.manifest.get("pipeline") or {}).get("stages", {})
-            stages[name] = {"key": self.keys[name], "seconds": round(seconds, 2), "finished_utc": _now(),
+            stages[name] = {"key": self.keys[name], "seconds": round(seconds, 2), "finished_utc": utc_timestamp(),
                             "summary": summary}
             section = {"checkpoint": {"path": str(self.checkpoint), "files": self.checkpoint_files},
                        "stages": stages}
